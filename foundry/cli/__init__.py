@@ -1,0 +1,1 @@
+"""Command-line tools: sweep, compare, lr_finder, and the `foundry` umbrella command."""

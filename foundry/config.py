@@ -1,0 +1,619 @@
+"""Experiment config: a typed, frozen tree that mirrors the module tree; YAML is only its serialisation.
+
+This module imports no torch, so loading, validating, mutating and listing are instant. Loading is strict:
+an unknown key fails naming the file, the key path and the closest valid key; a wrong type, an out-of-range
+value or an inconsistent shape fails with the reason, before any model is built.
+
+    cfg = load_experiment("experiments/baseline.yaml", overrides=["training.max_iters=20"])
+    cfg.model_args.n_embd, cfg.training.learning_rate, cfg.to_dict()
+
+Layout (see docs/architecture.md):
+    base_model: v1 | v2            preset that fills model_args defaults (explicit keys win)
+    model_args: ModelConfig        sizes, component names (strings) and each variant's typed options
+    training:   TrainingConfig     optimiser, schedule, loss, device, distribution
+    data:       DataConfig         which token stream (embedded default, or a prepared directory)
+    eval:       EvalConfig         which tasks rank a run
+    out_dir, plugins, lineage
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from foundry.registry import closest, suggest
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names where (file, key path) and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Component names. The torch registries in foundry.modules must hold exactly these built-ins (a test
+# checks it); a name outside this table is looked up in the registries after plugins are imported.
+# --------------------------------------------------------------------------------------------------
+BUILTIN_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "attention": ("mha", "gqa", "mla", "sliding_window", "block_sparse", "strided"),
+    "position": ("learned", "rope", "alibi", "nope", "hybrid"),
+    "norm": ("layernorm", "rmsnorm"),
+    "mlp": ("gelu", "swiglu", "glu", "reglu", "geglu", "relu2", "moe"),
+    "loss": ("ce", "focal", "label_smoothing"),
+}
+NORM_PLACEMENTS = ("pre", "post", "sandwich")
+GATED_MLPS = ("swiglu", "glu", "reglu", "geglu")
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-variant options. Each block is always present (defaults) so a mutation is one string away;
+# only the block of the chosen variant is read by the model.
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RopeConfig:
+    """RoPE (Su et al. 2021). `fraction` < 1 rotates only the first part of each head (partial rotary)."""
+    theta: float = 10000.0
+    fraction: float = 1.0
+
+    def check(self, p: str) -> None:
+        _require(self.theta > 0, p + ".theta", "must be > 0")
+        _require(0 < self.fraction <= 1, p + ".fraction", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """RoPE plus an additive attention bias: `learned` (a trainable relative bias per head) or `alibi`."""
+    bias: Literal["learned", "alibi"] = "alibi"
+
+
+@dataclass(frozen=True)
+class SlidingWindowConfig:
+    """Local attention over the last `window` tokens. `pattern` is cycled over layers: S = sliding, L = global."""
+    window: int = 128
+    pattern: str = "S"
+
+    def check(self, p: str) -> None:
+        _require(self.window >= 1, p + ".window", "must be >= 1")
+        _require(bool(self.pattern) and set(self.pattern) <= {"S", "L"}, p + ".pattern",
+                 f"must be a non-empty string of S (sliding) and L (global) letters, got {self.pattern!r}")
+
+
+@dataclass(frozen=True)
+class BlockSparseConfig:
+    """Block-sparse causal attention: each query block sees its `local_blocks` nearest blocks plus the first
+    `global_blocks` blocks of the sequence (BigBird/Longformer-style local + global)."""
+    block: int = 16
+    local_blocks: int = 2
+    global_blocks: int = 1
+
+    def check(self, p: str) -> None:
+        _require(self.block >= 1, p + ".block", "must be >= 1")
+        _require(self.local_blocks >= 1, p + ".local_blocks", "must be >= 1 (a block must see itself)")
+        _require(self.global_blocks >= 0, p + ".global_blocks", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StridedConfig:
+    """Sparse Transformer patterns (Child et al. 2019). `strided`: attend to the last `stride` tokens and to
+    every `stride`-th token before; `fixed`: attend within the current block of `stride` and to the last
+    `summary` positions of every earlier block."""
+    mode: Literal["strided", "fixed"] = "strided"
+    stride: int = 16
+    summary: int = 1
+
+    def check(self, p: str) -> None:
+        _require(self.stride >= 1, p + ".stride", "must be >= 1")
+        _require(1 <= self.summary <= self.stride, p + ".summary", "must be in [1, stride]")
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """Multi-head latent attention (DeepSeek-V2, 2024): K/V come from a `kv_rank` latent; a decoupled RoPE key of
+    `rope_head_dim` is shared across heads. The KV cache stores the latent plus the RoPE key only.
+    `q_rank` 0 means queries are not compressed."""
+    kv_rank: int = 32
+    q_rank: int = 0
+    rope_head_dim: int = 8
+
+    def check(self, p: str) -> None:
+        _require(self.kv_rank >= 1, p + ".kv_rank", "must be >= 1")
+        _require(self.q_rank >= 0, p + ".q_rank", "must be >= 0 (0 = no query compression)")
+        _require(self.rope_head_dim >= 0 and self.rope_head_dim % 2 == 0, p + ".rope_head_dim",
+                 "must be an even number >= 0")
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    """Mixture of experts (Shazeer et al. 2017; Switch, Fedus et al. 2021): top-k routing with a capacity
+    factor and a load-balancing auxiliary loss; `expert` names the dense MLP each expert is."""
+    n_experts: int = 4
+    top_k: int = 2
+    capacity_factor: float = 1.25
+    aux_loss_coef: float = 0.01
+    shared_expert: bool = False
+    expert: str = "gelu"
+
+    def check(self, p: str) -> None:
+        _require(self.n_experts >= 1, p + ".n_experts", "must be >= 1")
+        _require(1 <= self.top_k <= self.n_experts, p + ".top_k", f"must be in [1, n_experts={self.n_experts}]")
+        _require(self.capacity_factor > 0, p + ".capacity_factor", "must be > 0")
+        _require(self.aux_loss_coef >= 0, p + ".aux_loss_coef", "must be >= 0")
+        mlps = [m for m in BUILTIN_COMPONENTS["mlp"] if m != "moe"]
+        _require(self.expert in mlps, p + ".expert", f"must be one of {mlps}{suggest(self.expert, mlps)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: Optional[int] = None      # None: = n_head (MHA); fewer for GQA, 1 for MQA
+    n_embd: int = 128
+    block_size: int = 256
+    vocab_size: Optional[int] = None     # None: taken from the data's tokenizer at train time
+    dropout: float = 0.0
+    bias: bool = True
+    # component choices (names resolved once, when the model is built)
+    attention: str = "mha"
+    position: str = "learned"
+    norm: str = "layernorm"
+    norm_placement: str = "pre"
+    mlp: str = "gelu"
+    mlp_ratio: Optional[float] = None    # None: 4 for plain MLPs, 8/3 for gated ones
+    mlp_multiple_of: int = 1             # hidden width rounded up to a multiple of this (Llama: 256)
+    norm_eps: float = 1e-5
+    qk_norm: bool = False                # RMS-normalise q and k per head (Dehghani et al. 2023)
+    attn_softcap: float = 0.0            # 0 = off; else logits -> c * tanh(logits / c) (Gemma 2)
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    # per-variant options
+    rope: RopeConfig = field(default_factory=RopeConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    sliding_window: SlidingWindowConfig = field(default_factory=SlidingWindowConfig)
+    block_sparse: BlockSparseConfig = field(default_factory=BlockSparseConfig)
+    strided: StridedConfig = field(default_factory=StridedConfig)
+    mla: MLAConfig = field(default_factory=MLAConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    extra: dict = field(default_factory=dict)   # free-form options for plugin variants
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the (dense or per-expert) MLP."""
+        gated = (self.moe.expert if self.mlp == "moe" else self.mlp) in GATED_MLPS
+        ratio = self.mlp_ratio if self.mlp_ratio is not None else (8 / 3 if gated else 4.0)
+        hidden = int(ratio * self.n_embd)
+        m = self.mlp_multiple_of
+        return m * ((hidden + m - 1) // m)
+
+    def check(self, p: str = "model_args") -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", "must be >= 1")
+        _require(self.vocab_size is None or self.vocab_size >= 2, p + ".vocab_size", "must be >= 2")
+        _require(0.0 <= self.dropout < 1.0, p + ".dropout", "must be in [0, 1)")
+        _require(self.n_embd % self.n_head == 0, p + ".n_embd",
+                 f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
+                 f"(head size would be {self.n_embd / self.n_head:g}); change n_embd or n_head")
+        kv = self.kv_heads
+        _require(1 <= kv <= self.n_head and self.n_head % kv == 0, p + ".n_kv_head",
+                 f"n_head={self.n_head} must be a multiple of n_kv_head={kv} (each KV head serves a whole "
+                 f"group of query heads); valid values: "
+                 f"{[d for d in range(1, self.n_head + 1) if self.n_head % d == 0]}")
+        _require(self.norm_placement in NORM_PLACEMENTS, p + ".norm_placement",
+                 f"must be one of {list(NORM_PLACEMENTS)}{suggest(self.norm_placement, NORM_PLACEMENTS)}")
+        _require(self.mlp_ratio is None or self.mlp_ratio > 0, p + ".mlp_ratio", "must be > 0")
+        _require(self.mlp_multiple_of >= 1, p + ".mlp_multiple_of", "must be >= 1")
+        _require(self.norm_eps > 0, p + ".norm_eps", "must be > 0")
+        _require(self.attn_softcap >= 0, p + ".attn_softcap", "must be >= 0 (0 = off)")
+        _require(self.init_std > 0, p + ".init_std", "must be > 0")
+        for fam in ("attention", "position", "norm", "mlp"):
+            check_component(fam, getattr(self, fam), f"{p}.{fam}")
+        for sub in ("rope", "sliding_window", "block_sparse", "strided", "mla", "moe"):
+            getattr(self, sub).check(f"{p}.{sub}")
+        # attention x position combinations that cannot work, refused with the reason
+        rotary = self.position in ("rope", "hybrid")
+        if rotary and self.attention != "mla":
+            rot = int(self.head_dim * self.rope.fraction)
+            _require(rot >= 2 and rot % 2 == 0, p + ".n_embd",
+                     f"RoPE rotates pairs of channels, so the rotated part of each head must be even: head size "
+                     f"{self.head_dim} x rope.fraction {self.rope.fraction} = {self.head_dim * self.rope.fraction:g}; "
+                     f"change n_embd/n_head or rope.fraction")
+        if self.attention == "gqa":
+            _require(kv < self.n_head or self.n_head == 1, p + ".n_kv_head",
+                     f"attention 'gqa' needs n_kv_head < n_head (got {kv} of {self.n_head}); "
+                     f"set n_kv_head or use attention 'mha'")
+        if self.attention == "mla":
+            _require(self.position in ("rope", "nope"), p + ".position",
+                     f"attention 'mla' carries its own decoupled RoPE key (DeepSeek-V2), so position must be "
+                     f"'rope' or 'nope', not {self.position!r}")
+            _require(self.mla.rope_head_dim < self.head_dim or self.position == "nope", p + ".mla.rope_head_dim",
+                     f"must be smaller than the head size {self.head_dim}")
+        if self.attention in ("block_sparse", "strided", "sliding_window") and self.position == "learned":
+            pass  # fine: the pattern only masks scores
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, data, eval
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0               # 0 = off
+    warmup_iters: int = 100
+    lr_decay_iters: Optional[int] = None  # None: = max_iters
+    min_lr: float = 1e-4
+    lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_frac: float = 0.2              # wsd: fraction of the run spent decaying at the end
+    eval_interval: int = 250
+    eval_iters: int = 20                 # validation = eval_iters x batch_size windows, fixed and contiguous
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    compile: bool = False
+    num_threads: int = 0                 # CPU intra-op threads; 0 = torch's default
+    distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
+    fsdp_min_params: int = 1_000_000_000
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    z_loss: float = 0.0                  # PaLM's z-loss coefficient on log(Z)^2; 0 = off
+    sample_tokens: int = 200             # length of the generated sample at the end (0 = none)
+    sample_prompt: str = "\n"
+
+    def check(self, p: str = "training") -> None:
+        for name in ("max_iters", "batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
+                     "log_interval"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", "must be >= 1")
+        _require(self.learning_rate > 0, p + ".learning_rate", "must be > 0")
+        _require(0 <= self.min_lr <= self.learning_rate, p + ".min_lr",
+                 f"must be in [0, learning_rate={self.learning_rate}]")
+        _require(self.weight_decay >= 0, p + ".weight_decay", "must be >= 0")
+        _require(0 <= self.beta1 < 1, p + ".beta1", "must be in [0, 1)")
+        _require(0 <= self.beta2 < 1, p + ".beta2", "must be in [0, 1)")
+        _require(self.grad_clip >= 0, p + ".grad_clip", "must be >= 0 (0 = off)")
+        _require(self.warmup_iters >= 0, p + ".warmup_iters", "must be >= 0")
+        _require(self.lr_decay_iters is None or self.lr_decay_iters >= 1, p + ".lr_decay_iters", "must be >= 1")
+        _require(0 < self.decay_frac <= 1, p + ".decay_frac", "must be in (0, 1]")
+        _require(self.num_threads >= 0, p + ".num_threads", "must be >= 0")
+        _require(self.fsdp_min_params >= 0, p + ".fsdp_min_params", "must be >= 0")
+        _require(self.focal_gamma >= 0, p + ".focal_gamma", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, p + ".label_smoothing", "must be in [0, 1)")
+        _require(self.z_loss >= 0, p + ".z_loss", "must be >= 0")
+        _require(self.sample_tokens >= 0, p + ".sample_tokens", "must be >= 0")
+        dev = self.device
+        _require(dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+                 p + ".device", f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        check_component("loss", self.loss, p + ".loss")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: Optional[str] = None           # a prepared data set directory (python -m foundry.data prepare); None = embedded
+    order: Literal["random", "sequential"] = "random"
+    curriculum: Literal["none", "length", "loss"] = "none"
+    curriculum_model: Optional[str] = None  # run directory of the reference model for curriculum 'loss'
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: list = field(default_factory=list)
+    limit: Optional[int] = None
+    num_fewshot: Optional[int] = None
+
+    def check(self, p: str = "eval") -> None:
+        _require(all(isinstance(t, str) for t in self.tasks), p + ".tasks", "must be a list of task names")
+        _require(self.limit is None or self.limit >= 1, p + ".limit", "must be >= 1")
+        _require(self.num_fewshot is None or self.num_fewshot >= 0, p + ".num_fewshot", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    base_model: Literal["v1", "v2"] = "v1"
+    model_args: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs/baseline"
+    plugins: list = field(default_factory=list)   # modules or .py files that register extra variants
+    lineage: dict = field(default_factory=dict)   # parent, mutation, config hash (written by foundry.mutate)
+
+    def check(self) -> None:
+        _require(all(isinstance(x, str) for x in self.plugins), "plugins", "must be a list of strings")
+        self.model_args.check("model_args")
+        self.training.check("training")
+        self.eval.check("eval")
+        _require(bool(self.out_dir), "out_dir", "must not be empty")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, overrides: list[str] | dict) -> "ExperimentConfig":
+        """A new, validated config with `key.path=value` overrides applied."""
+        raw = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+        for key, value in items:
+            _set_path(raw, key, value)
+        return from_dict(raw)
+
+    def hash(self) -> str:
+        """Identity of what is trained: everything but where it is written and where it came from."""
+        d = self.to_dict()
+        d.pop("out_dir"), d.pop("lineage")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: v1 = GPT-2, v2 = Llama-style. They fill model_args keys the experiment leaves out.
+# --------------------------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    "v1": dict(attention="mha", position="learned", norm="layernorm", mlp="gelu", mlp_ratio=4.0,
+               mlp_multiple_of=1, tie_embeddings=True, bias=True, norm_eps=1e-5),
+    "v2": dict(attention="gqa", position="rope", norm="rmsnorm", mlp="swiglu", mlp_ratio=8 / 3,
+               mlp_multiple_of=32, tie_embeddings=False, bias=False, norm_eps=1e-5),
+}
+
+
+def _apply_preset(raw: dict) -> dict:
+    base = raw.get("base_model", "v1")
+    if base not in PRESETS:
+        raise ConfigError(f"base_model: unknown preset {base!r}{suggest(str(base), PRESETS)} "
+                          f"(known: {', '.join(PRESETS)})")
+    margs = raw.get("model_args") or {}
+    if not isinstance(margs, dict):
+        raise ConfigError(f"model_args: expected a mapping, got {type(margs).__name__}")
+    merged = {**PRESETS[base], **margs}
+    if base == "v2" and "n_kv_head" not in margs and merged.get("attention") == "gqa":
+        n_head = merged.get("n_head", ModelConfig.n_head)
+        if isinstance(n_head, int) and n_head >= 2:
+            # Llama-style grouping: the largest divisor of n_head that is at most n_head / 2
+            merged["n_kv_head"] = max(d for d in range(1, n_head // 2 + 1) if n_head % d == 0)
+        else:
+            merged["attention"] = "mha"
+    return {**raw, "model_args": merged}
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read an experiment YAML, apply `key.path=value` overrides, fill the preset, validate strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        for o in overrides or []:
+            key, value = _split_override(o)
+            _set_path(raw, key, value)
+        return from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def from_dict(raw: dict) -> ExperimentConfig:
+    raw = _apply_preset(dict(raw))
+    plugins = raw.get("plugins") or []
+    if plugins:
+        load_plugins(plugins)
+    cfg = _build(ExperimentConfig, raw, "")
+    cfg.check()
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    return [_split_override(o) for o in items]
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set training.max_iters=100")
+    key, value = item.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_path(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _require(ok: bool, keypath: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{keypath}: {msg}")
+
+
+def _build(cls, data: Any, path: str):
+    """Construct dataclass `cls` from a mapping, strictly: unknown keys and wrong types fail with the key path."""
+    where = path or "the top level"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        near = closest(str(k), fields)
+        hint = f"; did you mean '{_join(path, near[0])}'?" if near else ""
+        raise ConfigError(f"unknown key '{_join(path, k)}'{hint} (valid keys here: {', '.join(fields)})")
+    kwargs = {k: _coerce(hints[k], v, _join(path, k)) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _coerce(tp, value: Any, path: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}{suggest(str(value), allowed)}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 6e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    if tp is list or origin is list:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return list(value)
+    if tp is dict or origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"config field {path} has unsupported type {tp}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Component names and plugins
+# --------------------------------------------------------------------------------------------------
+def check_component(family: str, name: str, keypath: str) -> None:
+    """A component name is valid if built in, or registered by a plugin or a scaffolded variant."""
+    if name in BUILTIN_COMPONENTS[family]:
+        return
+    from foundry import modules  # noqa: F401  (imports torch; only reached for names outside the table)
+    registry = modules.REGISTRIES[family]
+    if name not in registry:
+        raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, registry.names())} "
+                          f"(known: {', '.join(registry.names())})")
+
+
+_LOADED_PLUGINS: set[str] = set()
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import user plugin modules (a dotted module name or a .py file) that register their own variants."""
+    import importlib
+    import importlib.util
+
+    for spec in plugins:
+        if spec in _LOADED_PLUGINS:
+            continue
+        try:
+            if spec.endswith(".py") or os.sep in spec or "/" in spec:
+                p = Path(spec)
+                if not p.is_file():
+                    raise FileNotFoundError(f"no such file {p}")
+                name = "foundry_plugin_" + hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
+                mod_spec = importlib.util.spec_from_file_location(name, p)
+                module = importlib.util.module_from_spec(mod_spec)
+                import sys
+                sys.modules[name] = module
+                mod_spec.loader.exec_module(module)
+            else:
+                importlib.import_module(spec)
+        except Exception as e:  # noqa: BLE001 - any failure in user code is reported with its name
+            raise ConfigError(f"plugins: plugin {spec!r} failed to load: {type(e).__name__}: {e}") from e
+        _LOADED_PLUGINS.add(spec)
+
+
+def save_yaml_atomic(cfg: ExperimentConfig, path: str | os.PathLike, header: str = "") -> None:
+    write_text_atomic(path, header + cfg.to_yaml())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write via a temporary file in the same directory and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

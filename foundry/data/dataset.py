@@ -1,0 +1,89 @@
+"""Token streams for training: the embedded default data set or a prepared directory.
+
+A prepared directory (python -m foundry.data prepare) holds:
+    meta.json       {"tokenizer": "tokenizer.json", "vocab_size", "dtype": "uint16"|"uint32",
+                     "train_tokens", "val_tokens", "fingerprint", ...}
+    tokenizer.json  the tokenizer (foundry.data.tokenize.load_tokenizer)
+    train.bin, val.bin  flat token ids, memory-mapped
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foundry.data import embedded
+from foundry.data.tokenize import CharTokenizer, load_tokenizer
+
+
+@dataclass
+class TokenData:
+    train: np.ndarray          # (N_train,) integer token ids (memory-mapped for prepared data)
+    val: np.ndarray            # (N_val,)
+    tokenizer: object
+    name: str
+    fingerprint: str
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def byte_lengths(self) -> torch.Tensor:
+        """(V,) UTF-8 bytes of each token, to turn nats per token into bits per byte."""
+        return torch.tensor(self.tokenizer.token_byte_lengths(), dtype=torch.float64)
+
+
+def split_tokens(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """nanoGPT's split: the first (1 - val_fraction) of the stream trains, the contiguous rest validates."""
+    n = int(len(ids) * (1 - val_fraction))
+    return ids[:n], ids[n:]
+
+
+def load_data(path: str | os.PathLike | None) -> TokenData:
+    """The embedded data set (path None) or a prepared directory."""
+    if path is None:
+        text = embedded.load_text()
+        tok = CharTokenizer().fit(text)
+        ids = np.array(tok.encode(text), dtype=np.uint16)
+        train, val = split_tokens(ids)
+        return TokenData(train, val, tok, f"embedded:{embedded.NAME}", embedded.SHA256[:16])
+    d = Path(path)
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"data.path {d}: no meta.json there; prepare a data set with "
+                                f"`python -m foundry.data prepare --input FILE --tokenizer char --out {d}`")
+    meta = json.loads(meta_path.read_text())
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    arrays = {}
+    for split in ("train", "val"):
+        f = d / f"{split}.bin"
+        if not f.is_file():
+            raise FileNotFoundError(f"data.path {d}: {f.name} is missing; re-run the preparation")
+        arrays[split] = np.memmap(f, dtype=dtype, mode="r")
+    tok = load_tokenizer(d / meta.get("tokenizer", "tokenizer.json"))
+    return TokenData(arrays["train"], arrays["val"], tok, str(d), str(meta.get("fingerprint", "")))
+
+
+def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):
+    """nanoGPT-style random windows: x, y (B, T) int64 with y shifted by one."""
+    if len(data) <= block_size:
+        raise ValueError(f"data split of {len(data)} tokens is too short for block_size={block_size}")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+    x = torch.from_numpy(np.stack([np.asarray(data[i:i + block_size], dtype=np.int64) for i in ix]))
+    y = torch.from_numpy(np.stack([np.asarray(data[i + 1:i + 1 + block_size], dtype=np.int64) for i in ix]))
+    return x, y
+
+
+def eval_windows(data: np.ndarray, block_size: int, max_windows: int | None = None):
+    """Non-overlapping windows covering the split from its start (deterministic): yields x, y (1, T)."""
+    n = (len(data) - 1) // block_size
+    if max_windows is not None:
+        n = min(n, max_windows)
+    for w in range(n):
+        i = w * block_size
+        chunk = np.asarray(data[i:i + block_size + 1], dtype=np.int64)
+        yield torch.from_numpy(chunk[:-1])[None], torch.from_numpy(chunk[1:])[None]

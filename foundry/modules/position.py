@@ -1,0 +1,81 @@
+"""Position encodings. One instance per model, shared by every layer, with three hooks:
+
+    embed(x, positions)        -> x          absolute encodings added to token embeddings  (B, T, C)
+    rotate(q, k, positions)    -> q, k       rotary encodings applied per head             (B, nh, T, hs)
+    bias(q_slots, k_slots)     -> bias|None  additive score bias                           (nh, Tq, Tk)
+
+`positions` is (T,) or (B, T) (per-row positions for packed documents or left-padded prompts);
+`q_slots`/`k_slots` are cache slot indices (T,), whose differences are the token distances.
+A variant overrides only the hooks it needs; the rest are the identity.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foundry.config import ModelConfig
+from foundry.modules.registries import POSITION
+
+
+class Position(nn.Module):
+    """Base: no position information (the identity on every hook)."""
+
+    max_positions: int | None = None  # a hard limit on positions (learned tables), checked by the model
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def embed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
+        return q, k
+
+    def bias(self, q_slots: torch.Tensor, k_slots: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+@POSITION.register("learned")
+class Learned(Position):
+    """Learned absolute position embeddings (GPT-2): wpe[pos] is added to the token embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.max_positions = cfg.block_size
+
+    def embed(self, x, positions):
+        return x + self.wpe(positions)  # (T, C) or (B, T, C), broadcast over B
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin of shape (..., T, dim/2) for rotary dim `dim` (Su et al. 2021; HF's rotate_half layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., T, dim/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2*cos.shape[-1] channels of x (B, h, T, hs) in the half-split layout of Llama."""
+    rot = 2 * cos.shape[-1]
+    if cos.dim() == 3:  # (B, T, d/2): per-row positions, add the head axis
+        cos, sin = cos[:, None], sin[:, None]
+    xr, xpass = x[..., :rot], x[..., rot:]
+    x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.cat((out, xpass), dim=-1) if xpass.shape[-1] else out
+
+
+@POSITION.register("rope")
+class Rope(Position):
+    """Rotary position embedding (Su et al. 2021); `rope.fraction` < 1 rotates part of each head (GPT-NeoX)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.rot_dim = int(cfg.head_dim * cfg.rope.fraction) // 2 * 2
+        self.theta = cfg.rope.theta
+
+    def rotate(self, q, k, positions):
+        cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -1,0 +1,52 @@
+"""Optimiser and learning-rate schedules (pure functions of the iteration, so resume needs no scheduler state)."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+from foundry.config import TrainingConfig
+
+
+def lr_at(it: int, cfg: TrainingConfig) -> float:
+    """Learning rate at iteration `it`: linear warmup, then the configured decay to min_lr.
+
+    cosine/linear decay over [warmup_iters, lr_decay_iters]; `wsd` (warmup-stable-decay, Hu et al. 2024)
+    holds the peak and decays linearly over the last `decay_frac` of lr_decay_iters; `constant` holds.
+    No division by zero when warmup_iters == lr_decay_iters (nanoGPT's edge case).
+    """
+    peak, low = cfg.learning_rate, cfg.min_lr
+    decay_end = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
+    if it < cfg.warmup_iters:
+        return peak * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.lr_schedule == "constant":
+        return peak
+    if it >= decay_end:
+        return low
+    if cfg.lr_schedule == "wsd":
+        decay_start = max(cfg.warmup_iters, decay_end - int(round(cfg.decay_frac * decay_end)))
+        if it < decay_start:
+            return peak
+        frac = (it - decay_start) / max(1, decay_end - decay_start)
+        return peak + (low - peak) * frac
+    frac = (it - cfg.warmup_iters) / max(1, decay_end - cfg.warmup_iters)
+    if cfg.lr_schedule == "linear":
+        return peak + (low - peak) * frac
+    return low + 0.5 * (1.0 + math.cos(math.pi * frac)) * (peak - low)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainingConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (2-D and up: linear and embedding weights); biases and norm
+    gains are not decayed (as in GPT-2 and nanoGPT). Fused on CUDA, foreach elsewhere."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {}
+    if device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        extra["fused"] = True
+    else:
+        extra["foreach"] = True
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
