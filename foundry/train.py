@@ -8,6 +8,9 @@ One plain loop with section banners. What it leaves in `out_dir`:
     ckpt_best/       the checkpoint with the lowest validation loss
     sample.txt       text generated at the end
     summary.json     final numbers
+
+torch is imported inside the functions, not at the top: the config is validated (and a bad one refused) in
+well under a second, before the multi-second torch import.
 """
 from __future__ import annotations
 
@@ -20,8 +23,6 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-
-import torch
 
 from foundry.config import ConfigError, ExperimentConfig, load_experiment, write_text_atomic
 
@@ -61,7 +62,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # Device and precision
 # --------------------------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> "torch.device":
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -73,7 +76,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str, device) -> "torch.dtype":
+    import torch
+
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -81,7 +86,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def autocast_ctx(device: torch.device, dtype: torch.dtype):
+def autocast_ctx(device, dtype):
+    import torch
+
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -90,10 +97,11 @@ def autocast_ctx(device: torch.device, dtype: torch.dtype):
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
     """Validation loss (nats/token, plain cross-entropy) and bits per byte over a fixed, declared set of
     windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split."""
+    import torch
+
     from foundry.data.dataset import eval_windows
 
     T, B = cfg.model_args.block_size, cfg.training.batch_size
@@ -106,7 +114,7 @@ def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
     def flush():
         nonlocal total_nats, total_tokens, total_bytes
         x, y = torch.cat(xs).to(device), torch.cat(ys).to(device)
-        with ctx:
+        with ctx, torch.no_grad():
             logits = model(x)
         nats = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                                  reduction="sum")
@@ -134,6 +142,8 @@ def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
 # --------------------------------------------------------------------------------------------------
 def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict:
     """Train as `cfg` says; returns the summary (also written to out_dir/summary.json)."""
+    import torch
+
     from foundry.checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
     from foundry.data.dataset import load_data, random_batch
     from foundry.model import GPT
