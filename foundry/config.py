@@ -372,9 +372,9 @@ class ExperimentConfig:
 # Presets: v1 = GPT-2, v2 = Llama-style. They fill model_args keys the experiment leaves out.
 # --------------------------------------------------------------------------------------------------
 PRESETS: dict[str, dict[str, Any]] = {
-    "v1": dict(attention="mha", position="learned", norm="layernorm", mlp="gelu", mlp_ratio=4.0,
+    "v1": dict(attention="mha", position="learned", norm="layernorm", mlp="gelu",
                mlp_multiple_of=1, tie_embeddings=True, bias=True, norm_eps=1e-5),
-    "v2": dict(attention="gqa", position="rope", norm="rmsnorm", mlp="swiglu", mlp_ratio=8 / 3,
+    "v2": dict(attention="gqa", position="rope", norm="rmsnorm", mlp="swiglu",
                mlp_multiple_of=32, tie_embeddings=False, bias=False, norm_eps=1e-5),
 }
 
@@ -559,14 +559,28 @@ def _coerce(tp, value: Any, path: str):
 # Component names and plugins
 # --------------------------------------------------------------------------------------------------
 def check_component(family: str, name: str, keypath: str) -> None:
-    """A component name is valid if built in, or registered by a plugin or a scaffolded variant."""
-    if name in BUILTIN_COMPONENTS[family]:
+    """A component name is valid if built in, scaffolded under foundry/modules/variants/, or registered by a
+    loaded plugin. Checked without importing torch unless plugins are loaded (they import it themselves)."""
+    known = set(BUILTIN_COMPONENTS[family]) | set(scaffolded_names(family))
+    if name in known:
         return
-    from foundry import modules  # noqa: F401  (imports torch; only reached for names outside the table)
-    registry = modules.REGISTRIES[family]
-    if name not in registry:
-        raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, registry.names())} "
-                          f"(known: {', '.join(registry.names())})")
+    if _LOADED_PLUGINS:
+        from foundry import modules
+        known |= set(modules.REGISTRIES[family].names())
+        if name in known:
+            return
+    raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, sorted(known))} "
+                      f"(known: {', '.join(sorted(known))})")
+
+
+def scaffolded_names(family: str) -> list[str]:
+    """Names registered by files in foundry/modules/variants/, read from their source (no import, no torch)."""
+    import re
+
+    folder = Path(__file__).parent / "modules" / "variants"
+    registry = {"attention": "ATTENTION", "position": "POSITION", "norm": "NORM", "mlp": "MLP", "loss": "LOSS"}[family]
+    pattern = re.compile(rf"@{registry}\.register\(\s*[\"']([^\"']+)[\"']")
+    return [m for f in sorted(folder.glob("*.py")) for m in pattern.findall(f.read_text())]
 
 
 _LOADED_PLUGINS: set[str] = set()
