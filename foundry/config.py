@@ -565,8 +565,8 @@ def check_component(family: str, name: str, keypath: str) -> None:
     if name in known:
         return
     if _LOADED_PLUGINS:
-        from foundry import modules
-        known |= set(modules.REGISTRIES[family].names())
+        from foundry.registry import REGISTRIES
+        known |= set(REGISTRIES[family].names())
         if name in known:
             return
     raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, sorted(known))} "

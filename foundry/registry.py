@@ -63,3 +63,13 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+# The component families. The instances live here, torch-free, so the config can see names registered by
+# plugins without importing the modules; foundry.modules fills them with the built-in variants.
+ATTENTION: Registry = Registry("attention")
+POSITION: Registry = Registry("position")
+NORM: Registry = Registry("norm")
+MLP: Registry = Registry("mlp")
+LOSS: Registry = Registry("loss")
+REGISTRIES = {"attention": ATTENTION, "position": POSITION, "norm": NORM, "mlp": MLP, "loss": LOSS}
