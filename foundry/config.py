@@ -191,7 +191,13 @@ class ModelConfig:
 
     @property
     def kv_heads(self) -> int:
-        return self.n_kv_head if self.n_kv_head is not None else self.n_head
+        """n_kv_head, or when unset: n_head, except for attention 'gqa', which then groups Llama-style
+        (the largest divisor of n_head that is at most n_head / 2), so `attention=gqa` alone is a mutation."""
+        if self.n_kv_head is not None:
+            return self.n_kv_head
+        if self.attention == "gqa" and self.n_head >= 2:
+            return max(d for d in range(1, self.n_head // 2 + 1) if self.n_head % d == 0)
+        return self.n_head
 
     @property
     def mlp_hidden(self) -> int:
@@ -234,18 +240,20 @@ class ModelConfig:
                      f"RoPE rotates pairs of channels, so the rotated part of each head must be even: head size "
                      f"{self.head_dim} x rope.fraction {self.rope.fraction} = {self.head_dim * self.rope.fraction:g}; "
                      f"change n_embd/n_head or rope.fraction")
-        if self.attention == "gqa":
-            _require(kv < self.n_head or self.n_head == 1, p + ".n_kv_head",
-                     f"attention 'gqa' needs n_kv_head < n_head (got {kv} of {self.n_head}); "
-                     f"set n_kv_head or use attention 'mha'")
         if self.attention == "mla":
-            _require(self.position in ("rope", "nope"), p + ".position",
-                     f"attention 'mla' carries its own decoupled RoPE key (DeepSeek-V2), so position must be "
-                     f"'rope' or 'nope', not {self.position!r}")
-            _require(self.mla.rope_head_dim < self.head_dim or self.position == "nope", p + ".mla.rope_head_dim",
-                     f"must be smaller than the head size {self.head_dim}")
-        if self.attention in ("block_sparse", "strided", "sliding_window") and self.position == "learned":
-            pass  # fine: the pattern only masks scores
+            _require(self.n_kv_head is None or self.n_kv_head == self.n_head, p + ".n_kv_head",
+                     f"attention 'mla' shares K/V through its latent (mla.kv_rank), not through KV heads; "
+                     f"leave n_kv_head unset (got {self.n_kv_head} of {self.n_head} heads)")
+            if rotary:
+                # DeepSeek-V2: RoPE cannot act on keys expanded from the latent, so it rotates a separate
+                # key of mla.rope_head_dim channels; rope.fraction has no meaning there
+                _require(2 <= self.mla.rope_head_dim < self.head_dim, p + ".mla.rope_head_dim",
+                         f"attention 'mla' with position {self.position!r} rotates a decoupled key of "
+                         f"mla.rope_head_dim channels, which must be in [2, head size {self.head_dim}) "
+                         f"(got {self.mla.rope_head_dim}); or use position 'nope', 'alibi' or 'learned'")
+                _require(self.rope.fraction == 1.0, p + ".rope.fraction",
+                         f"attention 'mla' rotates only its decoupled key (mla.rope_head_dim), so rope.fraction "
+                         f"does not apply; leave it at 1 (got {self.rope.fraction})")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,11 @@
         mask       optional (B, 1, T, Tk) bool, True = may attend (document boundaries, left padding)
 
 A sparse pattern is one method, `allowed(q_slots, k_slots) -> (Tq, Tk) bool or None`, combined with
-causality; the SDPA `is_causal` flash path is taken whenever nothing else constrains the scores.
+causality; the SDPA `is_causal` flash path is taken whenever nothing else constrains the scores. Masks and
+biases go through SDPA's `attn_mask` (FlexAttention has no CPU backward in torch 2.13).
+
+Every cache has `length`, `update(...)` and `nbytes_per_token()` (bytes one layer keeps per token of one
+sequence), so cache sizes can be compared across variants.
 """
 from __future__ import annotations
 
@@ -18,9 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from foundry.config import ModelConfig
+from foundry.modules.norm import RMSNorm
+from foundry.modules.position import apply_rope, rope_cos_sin
 from foundry.modules.registries import ATTENTION
 
 
+# --------------------------------------------------------------------------------------------------
+# Caches
+# --------------------------------------------------------------------------------------------------
 class KVCache:
     """Preallocated keys and values, (B, n_kv_head, T_max, hs) each; `length` slots are filled."""
 
@@ -44,41 +53,34 @@ class KVCache:
         return (self.k[0, :, 0].numel() + self.v[0, :, 0].numel()) * self.k.element_size()
 
 
+class LatentCache:
+    """MLA's cache: the compressed KV latent (B, T_max, kv_rank) and the shared RoPE key (B, T_max, rope_dim),
+    nothing per head. Full K/V are re-expanded from the latent at each step."""
+
+    def __init__(self, batch: int, max_len: int, kv_rank: int, rope_dim: int, device, dtype):
+        self.c = torch.zeros(batch, max_len, kv_rank, device=device, dtype=dtype)
+        self.k_rope = torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, c: torch.Tensor, k_rope: torch.Tensor):
+        """Append latents (B, T, r) and rope keys (B, T, dr); return all filled ones."""
+        t0, t1 = self.length, self.length + c.shape[1]
+        if t1 > self.c.shape[1]:
+            raise ValueError(f"KV cache full: {t1} tokens > its {self.c.shape[1]} slots")
+        self.c[:, t0:t1] = c
+        self.k_rope[:, t0:t1] = k_rope
+        self.length = t1
+        return self.c[:, :t1], self.k_rope[:, :t1]
+
+    def nbytes_per_token(self) -> int:
+        return (self.c.shape[-1] + self.k_rope.shape[-1]) * self.c.element_size()
+
+
+# --------------------------------------------------------------------------------------------------
+# The attention kernel
+# --------------------------------------------------------------------------------------------------
 def rms_norm_heads(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), None, eps).type_as(x)
-
-
-def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: float = 0.0, causal: bool = True):
-    """Scaled dot-product attention over q (B, nh, Tq, hs), k/v (B, nkv, Tk, hs).
-
-    allowed: bool, broadcastable to (B, nh, Tq, Tk), True = may attend (already includes causality) or None
-    bias:    float, broadcastable to (B, nh, Tq, Tk), added to the scores, or None
-    causal:  with allowed and bias None, use SDPA's is_causal flash path (requires Tq == Tk)
-    """
-    nh, nkv = q.shape[1], k.shape[1]
-    if nkv != nh:  # GQA: each KV head serves nh // nkv query heads
-        k = k.repeat_interleave(nh // nkv, dim=1)
-        v = v.repeat_interleave(nh // nkv, dim=1)
-    if softcap > 0:
-        # soft-capped logits (Gemma 2): c * tanh(s / c); SDPA cannot do this, so scores are explicit
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-        scores = softcap * torch.tanh(scores / softcap)
-        if bias is not None:
-            scores = scores + bias
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        elif causal:
-            Tq, Tk = q.shape[2], k.shape[2]
-            scores = scores.masked_fill(~causal_allowed(Tq, Tk, q.device), float("-inf"))
-        att = F.dropout(scores.softmax(dim=-1), p=dropout)
-        return att @ v
-    if allowed is None and bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and q.shape[2] > 1)
-    mask = bias
-    if allowed is not None:
-        add = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
-        mask = add if mask is None else mask.to(q.dtype) + add
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout)
 
 
 def causal_allowed(Tq: int, Tk: int, device) -> torch.Tensor:
@@ -87,6 +89,43 @@ def causal_allowed(Tq: int, Tk: int, device) -> torch.Tensor:
     return torch.arange(Tk, device=device)[None, :] <= q[:, None]
 
 
+def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: float = 0.0, causal: bool = True):
+    """Scaled dot-product attention over q (B, nh, Tq, hs), k/v (B, nkv, Tk, hs).
+
+    allowed: bool, broadcastable to (B, nh, Tq, Tk), True = may attend (already includes causality) or None
+    bias:    float, broadcastable to (B, nh, Tq, Tk), added to the scores, or None
+    causal:  with allowed None, the Tq queries are the last Tq keys and see no later key; with bias None too,
+             this is SDPA's is_causal flash path (Tq == Tk)
+    """
+    nh, nkv = q.shape[1], k.shape[1]
+    if nkv != nh:  # GQA: each KV head serves nh // nkv consecutive query heads
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    Tq, Tk = q.shape[2], k.shape[2]
+    if allowed is None and causal and Tq > 1 and (bias is not None or softcap > 0 or Tq != Tk):
+        allowed = causal_allowed(Tq, Tk, q.device)  # causality must be explicit once scores are
+    if softcap > 0:
+        # soft-capped logits (Gemma 2): c * tanh(s / c); SDPA cannot do this, so scores are explicit
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        scores = softcap * torch.tanh(scores / softcap)
+        if bias is not None:
+            scores = scores + bias
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        att = F.dropout(scores.float().softmax(dim=-1).type_as(q), p=dropout)
+        return att @ v
+    if allowed is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and Tq > 1)
+    mask = None if bias is None else bias.to(q.dtype)
+    if allowed is not None:
+        add = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+        mask = add if mask is None else mask + add
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dense
+# --------------------------------------------------------------------------------------------------
 @ATTENTION.register("mha")
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (Vaswani et al. 2017) through F.scaled_dot_product_attention.
@@ -134,7 +173,7 @@ class CausalSelfAttention(nn.Module):
             start = cache.length
             k, v = cache.update(k, v)
         y = self.attend_scores(q, k, v, pos, start, mask)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, nh*hs)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * y.shape[-1])  # (B, T, nh*hs)
         return self.resid_dropout(self.proj(y))
 
     def attend_scores(self, q, k, v, pos, start: int, mask):
@@ -152,10 +191,138 @@ class CausalSelfAttention(nn.Module):
             if mask is not None:
                 allowed = allowed & mask
         return attend(q, k, v, allowed=allowed, bias=bias, softcap=self.cfg.attn_softcap,
-                      dropout=self.dropout if self.training else 0.0, causal=start == 0 or Tq == 1)
+                      dropout=self.dropout if self.training else 0.0, causal=True)
 
 
 @ATTENTION.register("gqa")
 class GroupedQueryAttention(CausalSelfAttention):
     """Grouped-query attention (Ainslie et al. 2023): n_kv_head < n_head KV heads, each shared by a group of
     query heads; n_kv_head = 1 is multi-query attention (Shazeer 2019). The KV cache shrinks n_head/n_kv_head x."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sparse patterns: one `allowed` each, on cache slot indices (absolute token slots)
+# --------------------------------------------------------------------------------------------------
+@ATTENTION.register("sliding_window")
+class SlidingWindowAttention(CausalSelfAttention):
+    """Sliding-window attention (Longformer, Beltagy et al. 2020; Mistral 2023): each query sees its last
+    `window` tokens (itself included). `sliding_window.pattern` is cycled over layers, S = sliding,
+    L = global (Gemma 2's alternation is "SL")."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        sw = cfg.sliding_window
+        self.window = sw.window
+        self.is_global = sw.pattern[layer_idx % len(sw.pattern)] == "L"
+
+    def allowed(self, q_slots, k_slots):
+        if self.is_global or self.window >= int(q_slots[-1]) + 1:
+            return None  # the window covers every earlier token: dense causal, flash path
+        return (q_slots[:, None] - k_slots[None, :]) < self.window
+
+
+@ATTENTION.register("block_sparse")
+class BlockSparseAttention(CausalSelfAttention):
+    """Block-sparse attention (local + global blocks as in BigBird, Zaheer et al. 2020): the sequence is cut
+    into blocks of `block` tokens; a query sees its own and `local_blocks - 1` preceding blocks, plus the
+    first `global_blocks` blocks."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        bs = cfg.block_sparse
+        self.block, self.local_blocks, self.global_blocks = bs.block, bs.local_blocks, bs.global_blocks
+
+    def allowed(self, q_slots, k_slots):
+        qb, kb = q_slots[:, None] // self.block, k_slots[None, :] // self.block  # block indices
+        if int(qb.max()) < self.local_blocks:
+            return None  # every block in reach: dense causal
+        return ((qb - kb) < self.local_blocks) | (kb < self.global_blocks)
+
+
+@ATTENTION.register("strided")
+class StridedAttention(CausalSelfAttention):
+    """Sparse Transformer patterns (Child et al. 2019). `strided`: the last `stride` tokens plus every
+    `stride`-th token before (distance a multiple of stride); `fixed`: the query's own block of `stride`
+    tokens plus the last `summary` tokens of every earlier block."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__(cfg, layer_idx)
+        st = cfg.strided
+        self.mode, self.stride, self.summary = st.mode, st.stride, st.summary
+
+    def allowed(self, q_slots, k_slots):
+        if self.stride >= int(q_slots[-1]) + 1:
+            return None  # every earlier token within one stride (strided) or one block (fixed): dense causal
+        q, k = q_slots[:, None], k_slots[None, :]
+        if self.mode == "strided":
+            return ((q - k) < self.stride) | ((q - k) % self.stride == 0)
+        same_block = (q // self.stride) == (k // self.stride)
+        summary = (k % self.stride) >= (self.stride - self.summary)
+        return same_block | summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-head latent attention
+# --------------------------------------------------------------------------------------------------
+@ATTENTION.register("mla")
+class MultiHeadLatentAttention(CausalSelfAttention):
+    """Multi-head latent attention (DeepSeek-V2, 2024): K and V are expanded from a `kv_rank` latent; position
+    enters through a decoupled RoPE key of `rope_head_dim` channels shared by all heads. The cache keeps only
+    the latent and that key: (kv_rank + rope_head_dim) numbers per token instead of 2 * n_head * head_dim.
+
+    Per head, q and k are [nope part (hs - dr) | rope part (dr)], v is hs wide; dr = 0 unless the position
+    encoding is rotary (rope, hybrid), whose `rotate` hook MLA replaces with its decoupled key.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        nn.Module.__init__(self)
+        self.cfg, self.layer_idx = cfg, layer_idx
+        m = cfg.mla
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.n_kv_head = cfg.n_head
+        self.rope_dim = m.rope_head_dim if cfg.position in ("rope", "hybrid") else 0
+        self.nope_dim = self.head_dim - self.rope_dim
+        self.kv_rank, self.theta = m.kv_rank, cfg.rope.theta
+        C, nh, hs = cfg.n_embd, self.n_head, self.head_dim
+        if m.q_rank > 0:  # queries through their own low-rank bottleneck (saves activations, not cache)
+            self.q_down = nn.Linear(C, m.q_rank, bias=cfg.bias)
+            self.q_norm = RMSNorm(m.q_rank, cfg.norm_eps)
+            self.q_up = nn.Linear(m.q_rank, nh * hs, bias=cfg.bias)
+        else:
+            self.wq = nn.Linear(C, nh * hs, bias=cfg.bias)
+        self.kv_down = nn.Linear(C, m.kv_rank + self.rope_dim, bias=cfg.bias)  # [latent | shared rope key]
+        self.kv_norm = RMSNorm(m.kv_rank, cfg.norm_eps)
+        self.kv_up = nn.Linear(m.kv_rank, nh * (self.nope_dim + hs), bias=cfg.bias)  # [k_nope | v] per head
+        self.proj = nn.Linear(nh * hs, C, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.qk_norm = cfg.qk_norm
+
+    def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
+        return LatentCache(batch, max_len, self.kv_rank, self.rope_dim, device, dtype)
+
+    def forward(self, x, pos, positions, cache=None, mask=None):
+        B, T, C = x.shape
+        nh, hs, dr = self.n_head, self.head_dim, self.rope_dim
+        q = self.q_up(self.q_norm(self.q_down(x))) if hasattr(self, "q_down") else self.wq(x)
+        q = q.view(B, T, nh, hs).transpose(1, 2)                          # (B, nh, T, hs)
+        c, k_rope = self.kv_down(x).split([self.kv_rank, dr], dim=-1)     # (B, T, r), (B, T, dr)
+        c = self.kv_norm(c)
+        if dr:
+            cos, sin = rope_cos_sin(positions, dr, self.theta, q.dtype)
+            q_nope, q_rope = q.split([self.nope_dim, dr], dim=-1)
+            q = torch.cat((q_nope, apply_rope(q_rope, cos, sin)), dim=-1)
+            k_rope = apply_rope(k_rope[:, None], cos, sin)[:, 0]          # one key shared by every head
+        start = 0
+        if cache is not None:
+            start = cache.length
+            c, k_rope = cache.update(c, k_rope)
+        Tk = c.shape[1]
+        kv = self.kv_up(c).view(B, Tk, nh, self.nope_dim + hs).transpose(1, 2)
+        k_nope, v = kv.split([self.nope_dim, hs], dim=-1)                 # (B, nh, Tk, hs - dr), (B, nh, Tk, hs)
+        k = torch.cat((k_nope, k_rope[:, None].expand(B, nh, Tk, dr)), dim=-1) if dr else k_nope
+        if self.qk_norm:
+            q, k = rms_norm_heads(q), rms_norm_heads(k)
+        y = self.attend_scores(q, k, v, pos, start, mask)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)
+        return self.resid_dropout(self.proj(y))

@@ -39,3 +39,32 @@ class CrossEntropy(Loss):
 
     def token_loss(self, logits, targets):
         return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")
+
+
+@LOSS.register("focal")
+class FocalLoss(Loss):
+    """Focal loss (Lin et al. 2017): -(1 - p)^gamma log p, down-weighting tokens already predicted well;
+    gamma = training.focal_gamma (0 is cross-entropy)."""
+
+    def __init__(self, cfg: TrainingConfig | None = None):
+        super().__init__(cfg)
+        self.gamma = (cfg or TrainingConfig()).focal_gamma
+
+    def token_loss(self, logits, targets):
+        valid = targets != IGNORE
+        logp = logits.log_softmax(dim=-1).gather(-1, targets.clamp(min=0)[:, None])[:, 0]  # (N,)
+        w = (1 - logp.exp()).clamp(min=0).pow(self.gamma) if self.gamma else 1.0
+        return -(w * logp) * valid
+
+
+@LOSS.register("label_smoothing")
+class LabelSmoothing(Loss):
+    """Label smoothing (Szegedy et al. 2016): cross-entropy against (1 - eps) one-hot + eps uniform;
+    eps = training.label_smoothing (0 is cross-entropy)."""
+
+    def __init__(self, cfg: TrainingConfig | None = None):
+        super().__init__(cfg)
+        self.eps = (cfg or TrainingConfig()).label_smoothing
+
+    def token_loss(self, logits, targets):
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none", label_smoothing=self.eps)

@@ -5,6 +5,8 @@ LoRA transform can wrap. A block that adds a training loss (MoE) stores it in `s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,3 +54,97 @@ class SwiGLU(GatedMLP):
 
     def act(self, gate):
         return F.silu(gate)
+
+
+@MLP.register("glu")
+class GLU(GatedMLP):
+    """GLU (Dauphin et al. 2017; as an MLP, Shazeer 2020): sigmoid-gated linear unit."""
+
+    def act(self, gate):
+        return torch.sigmoid(gate)
+
+
+@MLP.register("reglu")
+class ReGLU(GatedMLP):
+    """ReGLU (Shazeer 2020): ReLU-gated linear unit."""
+
+    def act(self, gate):
+        return F.relu(gate)
+
+
+@MLP.register("geglu")
+class GeGLU(GatedMLP):
+    """GeGLU (Shazeer 2020; Gemma): GELU-gated linear unit (exact GELU)."""
+
+    def act(self, gate):
+        return F.gelu(gate)
+
+
+@MLP.register("relu2")
+class ReLU2(GeluMLP):
+    """Squared ReLU (So et al. 2021, Primer): Linear -> relu(x)^2 -> Linear; ~1-2% better than GELU there."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.relu(self.fc(x)).square()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mixture of experts
+# --------------------------------------------------------------------------------------------------
+@MLP.register("moe")
+class MoE(nn.Module):
+    """Mixture of experts (Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021): a linear `router`
+    sends each token to its top-k of `n_experts` MLPs (`moe.expert` names their type), weighted by the router
+    probabilities (renormalised over the k chosen when k > 1). In training each expert takes at most
+    capacity = ceil(capacity_factor * tokens * k / n_experts) tokens, in token order; a token over capacity is
+    dropped by that expert (only the residual carries it). Evaluation and decoding drop nothing, so a token's
+    output never depends on other tokens. `aux_loss` = aux_loss_coef * Switch load-balancing loss
+    n_experts * sum_e f_e * P_e (f_e: share of routed slots sent to e, P_e: mean router probability of e).
+    `shared_expert` adds one always-on dense MLP (DeepSeekMoE, Dai et al. 2024)."""
+
+    def __init__(self, cfg: ModelConfig, hidden: int | None = None):
+        super().__init__()
+        m = cfg.moe
+        Expert = MLP.get(m.expert)
+        self.n_experts, self.top_k, self.capacity_factor, self.coef = m.n_experts, m.top_k, m.capacity_factor, m.aux_loss_coef
+        self.router = nn.Linear(cfg.n_embd, m.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(cfg, hidden) for _ in range(m.n_experts))
+        self.shared = Expert(cfg, hidden) if m.shared_expert else None
+        self.aux_loss: torch.Tensor | None = None
+        self.drop_fraction = 0.0  # share of routed (token, expert) slots dropped in the last forward
+
+    def capacity(self, n_tokens: int) -> int:
+        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        flat = x.reshape(-1, C)                                          # (N, C)
+        N, E, k = flat.shape[0], self.n_experts, self.top_k
+        probs = self.router(flat).float().softmax(dim=-1)                # (N, E)
+        weight, expert = probs.topk(k, dim=-1)                           # (N, k) each
+        if k > 1:
+            weight = weight / weight.sum(dim=-1, keepdim=True)
+        # one slot per (token, choice), in token order: a token's place in an expert's queue depends only
+        # on earlier tokens, so capacity dropping never lets a later token change an earlier one
+        onehot = F.one_hot(expert.reshape(-1), E)                        # (N*k, E)
+        keep = torch.ones(N * k, dtype=torch.bool, device=x.device)
+        if self.training:
+            place = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1      # (N*k,) index in its expert's queue
+            keep = place < self.capacity(N)
+        self.drop_fraction = float(1.0 - keep.float().mean()) if self.training else 0.0
+        out = torch.zeros_like(flat)
+        token = torch.arange(N, device=x.device).repeat_interleave(k)    # (N*k,) token of each slot
+        slot_expert, slot_weight = expert.reshape(-1), weight.reshape(-1)
+        for e, mod in enumerate(self.experts):
+            sel = ((slot_expert == e) & keep).nonzero(as_tuple=True)[0]
+            if sel.numel() == 0:
+                continue
+            y = mod(flat[token[sel]][None])[0]                           # (n_e, C)
+            out.index_add_(0, token[sel], (y * slot_weight[sel, None]).to(out.dtype))
+        if self.shared is not None:
+            out = out + self.shared(flat[None])[0].to(out.dtype)
+        # Switch load balancing: minimised (= 1) when routed slots and probability mass are both uniform
+        f = onehot.float().mean(dim=0)                                   # (E,) share of slots
+        P = probs.mean(dim=0)                                            # (E,)
+        self.aux_loss = self.coef * E * (f * P).sum()
+        return out.view(B, T, C)

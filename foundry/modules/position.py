@@ -10,6 +10,8 @@ A variant overrides only the hooks it needs; the rest are the identity.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -79,3 +81,54 @@ class Rope(Position):
     def rotate(self, q, k, positions):
         cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+@POSITION.register("nope")
+class NoPE(Position):
+    """No position encoding (Kazemnejad et al. 2023): a causal decoder infers order from the mask alone."""
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """Per-head slopes of ALiBi (Press et al. 2022): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n a
+    power of two; otherwise the slopes of the nearest lower power of two, then every other slope of twice it."""
+    def geometric(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    p = 2 ** math.floor(math.log2(n_head))
+    slopes = geometric(p) + geometric(2 * p)[0::2][: n_head - p]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+@POSITION.register("alibi")
+class Alibi(Position):
+    """ALiBi (Press et al. 2022): no embedding; each head adds -slope * distance to its attention scores."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)  # (nh,)
+
+    def bias(self, q_slots, k_slots):
+        dist = (q_slots[:, None] - k_slots[None, :]).to(self.slopes.dtype)  # (Tq, Tk), > 0 for earlier keys
+        return -self.slopes[:, None, None] * dist                           # (nh, Tq, Tk)
+
+
+@POSITION.register("hybrid")
+class Hybrid(Rope):
+    """RoPE plus an additive score bias: `hybrid.bias` = alibi (slopes as Press et al. 2022) or learned (a
+    trainable bias per head and distance, as T5's relative bias but unbucketed, Raffel et al. 2020; distances
+    beyond block_size - 1 share the last entry). Starts as pure RoPE + ALiBi, or pure RoPE (learned, zeros)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.kind = cfg.hybrid.bias
+        if self.kind == "alibi":
+            self.register_buffer("slopes", alibi_slopes(cfg.n_head), persistent=False)
+        else:
+            self.rel_bias = nn.Parameter(torch.zeros(cfg.n_head, cfg.block_size))  # (nh, distance)
+
+    def bias(self, q_slots, k_slots):
+        dist = q_slots[:, None] - k_slots[None, :]  # (Tq, Tk)
+        if self.kind == "alibi":
+            return -self.slopes[:, None, None] * dist.to(self.slopes.dtype)
+        idx = dist.clamp(0, self.rel_bias.shape[1] - 1)  # future keys are masked anyway
+        return self.rel_bias[:, idx]                     # (nh, Tq, Tk)
