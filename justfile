@@ -1,0 +1,5 @@
+ci:
+	make test
+
+run:
+	make run
