@@ -65,7 +65,15 @@ def load_data(path: str | os.PathLike | None) -> TokenData:
             raise FileNotFoundError(f"data.path {d}: {f.name} is missing; re-run the preparation")
         arrays[split] = np.memmap(f, dtype=dtype, mode="r")
     tok = load_tokenizer(d / meta.get("tokenizer", "tokenizer.json"))
-    return TokenData(arrays["train"], arrays["val"], tok, str(d), str(meta.get("fingerprint", "")))
+    for split in ("train", "val"):
+        want = meta.get(f"{split}_tokens")
+        if want is not None and want != len(arrays[split]):
+            raise ValueError(f"data.path {d}: {split}.bin holds {len(arrays[split])} tokens but meta.json says "
+                             f"{want}; the directory is damaged, re-run the preparation")
+    td = TokenData(arrays["train"], arrays["val"], tok, str(d), str(meta.get("fingerprint", "")))
+    # document start offsets per split, recorded by `prepare` (the curriculum's examples); absent in older sets
+    td.doc_starts = {s: np.load(d / f"{s}_docs.npy") for s in ("train", "val") if (d / f"{s}_docs.npy").is_file()}
+    return td
 
 
 def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):
