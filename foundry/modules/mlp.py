@@ -96,7 +96,7 @@ class MoE(nn.Module):
     """Mixture of experts (Shazeer et al. 2017; Switch Transformer, Fedus et al. 2021): a linear `router`
     sends each token to its top-k of `n_experts` MLPs (`moe.expert` names their type), weighted by the router
     probabilities (renormalised over the k chosen when k > 1). In training each expert takes at most
-    capacity = ceil(capacity_factor * tokens * k / n_experts) tokens, in token order; a token over capacity is
+    capacity = ceil(capacity_factor * tokens * k / n_experts) tokens, earliest positions first; a token over capacity is
     dropped by that expert (only the residual carries it). Evaluation and decoding drop nothing, so a token's
     output never depends on other tokens. `aux_loss` = aux_loss_coef * Switch load-balancing loss
     n_experts * sum_e f_e * P_e (f_e: share of routed slots sent to e, P_e: mean router probability of e).
@@ -118,14 +118,14 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        flat = x.reshape(-1, C)                                          # (N, C)
+        flat = x.transpose(0, 1).reshape(-1, C)                          # (N, C), time-major: t=0 of every row first
         N, E, k = flat.shape[0], self.n_experts, self.top_k
         probs = self.router(flat).float().softmax(dim=-1)                # (N, E)
         weight, expert = probs.topk(k, dim=-1)                           # (N, k) each
         if k > 1:
             weight = weight / weight.sum(dim=-1, keepdim=True)
-        # one slot per (token, choice), in token order: a token's place in an expert's queue depends only
-        # on earlier tokens, so capacity dropping never lets a later token change an earlier one
+        # one slot per (token, choice), time-major: a token's place in an expert's queue depends only on
+        # tokens at earlier (or equal) positions, so capacity dropping never lets a later token change it
         onehot = F.one_hot(expert.reshape(-1), E)                        # (N*k, E)
         keep = torch.ones(N * k, dtype=torch.bool, device=x.device)
         if self.training:
@@ -147,4 +147,4 @@ class MoE(nn.Module):
         f = onehot.float().mean(dim=0)                                   # (E,) share of slots
         P = probs.mean(dim=0)                                            # (E,)
         self.aux_loss = self.coef * E * (f * P).sum()
-        return out.view(B, T, C)
+        return out.view(T, B, C).transpose(0, 1)
