@@ -1,0 +1,92 @@
+"""`python -m foundry.cli.sweep TYPE VARIANT... [options]`: the loop. Train the baseline and each mutant on the
+same seeds and data order under one budget, evaluate, rank, and (with --promote) replace the baseline only
+when the winner beats it beyond seed noise.
+
+    python -m foundry.cli.sweep attention mha gqa_2kv mqa --seeds 3 --jobs 2 --out runs/sweep_attn
+    python -m foundry.cli.sweep lr x0.5 x2 --budget tokens=2e6 --eval-task arc_easy --promote
+    python -m foundry.cli.sweep depth 2 6 8 --halving --eta 3      # prune hopeless mutants early
+
+Interrupted (Ctrl-C, SIGKILL) and run again with the same arguments, it resumes: finished trials are not
+re-run. Every trial is recorded in the experiment store (python -m foundry.store list). The report is
+OUT/report.md with OUT/loss_curves.png and OUT/metrics.png; OUT/results.json holds the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from foundry.config import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m foundry.cli.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("type", help="mutation type (python -m foundry.mutate --list)")
+    p.add_argument("variants", nargs="+", metavar="VARIANT", help="one or more variants of that type")
+    p.add_argument("--base", metavar="FILE", help="base experiment (default: experiments/champion.yaml if a "
+                                                  "champion was promoted, else experiments/baseline.yaml)")
+    p.add_argument("--experiments", default="experiments", metavar="DIR",
+                   help="where the baseline and champion live; --promote writes DIR/champion.yaml")
+    p.add_argument("--eval-task", dest="tasks", action="append", default=[], metavar="TASK",
+                   help="capability task to rank by (repeatable); validation bits per byte is always measured")
+    p.add_argument("--eval-limit", type=int, default=None, metavar="N", help="score only the first N items per task")
+    p.add_argument("--promote", action="store_true",
+                   help="make the winner the champion if it beats the baseline beyond seed noise")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="trials run in parallel; CPU threads are split evenly among them (default 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="T",
+                   help="CPU threads per trial (default: cores // jobs)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K", help="paired seeds per candidate (default 3)")
+    p.add_argument("--budget", metavar="KIND=N",
+                   help="per-candidate budget: tokens=N, flops=N or seconds=N (default: the base config's "
+                        "max_iters, as tokens, so mutants that change batch or context get as many tokens)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override the base config before mutating (repeatable)")
+    p.add_argument("--out", default=None, metavar="DIR", help="sweep directory (default: runs/sweep_<type>)")
+    p.add_argument("--store", default=None, metavar="PATH",
+                   help="experiment store (default: $FOUNDRY_STORE or runs/foundry.sqlite)")
+    p.add_argument("--halving", action="store_true",
+                   help="successive halving: stop hopeless mutants early against the paired baseline curve")
+    p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
+    p.add_argument("--rungs", type=int, default=2, help="halving: rungs, the first at budget/eta^(rungs-1) (default 2)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test (default 0.05)")
+    p.add_argument("--min-effect", type=float, default=0.0,
+                   help="smallest mean gain worth promoting, in the ranking metric's units (default 0)")
+    p.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),
+                   help="where trials run: local process pool (default), Ray ($RAY_ADDRESS or a local "
+                        "instance), or submitit (Slurm, or its local executor with --cluster local)")
+    p.add_argument("--cluster", default=None, help="submitit cluster: slurm, local (default: auto-detect)")
+    p.add_argument("--retry-failed", action="store_true", help="on resume, run failed trials again")
+    p.add_argument("--progress", type=float, default=30.0, metavar="S",
+                   help="seconds between progress tables when stdout is not a terminal (default 30)")
+    p.add_argument("--quiet", action="store_true", help="print only errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from foundry.mutate import MutationError
+    from foundry.sweep.runner import SweepError, SweepOptions, run_sweep
+
+    opts = SweepOptions(type=args.type, variants=args.variants, base=args.base, experiments=args.experiments,
+                        tasks=args.tasks, eval_limit=args.eval_limit, promote=args.promote, jobs=args.jobs,
+                        seeds=args.seeds, budget=args.budget, overrides=args.overrides,
+                        out=args.out or f"runs/sweep_{args.type}", store=args.store, halving=args.halving,
+                        eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
+                        executor=args.executor, cluster=args.cluster, threads=args.threads,
+                        progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet)
+    try:
+        run_sweep(opts)
+    except (SweepError, MutationError, ConfigError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished trials are recorded; run the same command again to resume "
+              f"({opts.out})", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

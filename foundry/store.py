@@ -1,0 +1,255 @@
+"""The experiment store: every run recorded in an embedded SQLite database (torch-free).
+
+    store = Store("runs/foundry.sqlite")
+    store.start(run_id, cfg, seed=1337, parent="...", mutation="attention mla", sweep="...", artifacts={...})
+    store.finish(run_id, metrics={"val_bpb": 2.1}, wall_seconds=12.3)      # or .fail(run_id, error) / .prune(...)
+    store.get(run_id)["status"], store.runs(sweep="...")
+
+One row per run: id, sweep, label, parent, mutation, resolved config (YAML) and its hash, code version (git SHA
+and dirty flag), seed, status (running | done | failed | pruned), metrics (JSON), error, wall time, artifact
+paths (JSON), timestamps. Promotions have their own table.
+
+Safe with concurrent jobs: WAL journal (readers never block the writer), a busy timeout instead of "database is
+locked" errors, and every write one short `BEGIN IMMEDIATE` transaction. Intact after SIGKILL: SQLite commits are
+atomic and the WAL is replayed on the next open, so a killed writer loses at most its uncommitted transaction.
+
+`python -m foundry.store [--store PATH] list|show ID` prints what is recorded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_STORE = "runs/foundry.sqlite"
+STATUSES = ("running", "done", "failed", "pruned")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id           TEXT PRIMARY KEY,
+    sweep        TEXT,
+    label        TEXT,
+    parent       TEXT,
+    mutation     TEXT,
+    config       TEXT NOT NULL,
+    config_hash  TEXT NOT NULL,
+    git_sha      TEXT,
+    git_dirty    INTEGER,
+    seed         INTEGER,
+    status       TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'pruned')),
+    metrics      TEXT NOT NULL DEFAULT '{}',
+    error        TEXT,
+    wall_seconds REAL,
+    artifacts    TEXT NOT NULL DEFAULT '{}',
+    created      REAL NOT NULL,
+    updated      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep);
+CREATE TABLE IF NOT EXISTS promotions (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep     TEXT,
+    winner    TEXT,
+    mutation  TEXT,
+    path      TEXT,
+    decision  TEXT NOT NULL,
+    created   REAL NOT NULL
+);
+"""
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("FOUNDRY_STORE", DEFAULT_STORE))
+
+
+def code_version(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
+    """(git SHA, dirty flag) of the foundry checkout, or (None, None) outside a git work tree."""
+    where = cwd or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        if not sha:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                capture_output=True, text=True, timeout=10).stdout
+        return sha, bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+class Store:
+    """A handle on the store at `path` (created on first use). One per process; cheap to open."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 60000")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"{self.path}: SQLite would not switch to WAL mode (got {mode}); put the store on "
+                               f"a local file system (set --store or FOUNDRY_STORE)")
+        self._db.execute("PRAGMA synchronous = FULL")
+        with self._write() as db:
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; retried when another process holds the lock past the busy timeout."""
+        for attempt in range(5):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- writing ----------------------------------------------------------------------------------
+    def start(self, run_id: str, config_yaml: str, config_hash: str, *, seed: int | None = None,
+              parent: str | None = None, mutation: str | None = None, sweep: str | None = None,
+              label: str | None = None, artifacts: dict | None = None,
+              code: tuple[str | None, bool | None] | None = None) -> None:
+        """Record a run as running (re-starting a recorded run resets its status and error, keeps `created`)."""
+        sha, dirty = code if code is not None else code_version()
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                """INSERT INTO runs (id, sweep, label, parent, mutation, config, config_hash, git_sha, git_dirty,
+                                     seed, status, artifacts, created, updated)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+                   ON CONFLICT(id) DO UPDATE SET status='running', error=NULL, config=excluded.config,
+                       config_hash=excluded.config_hash, git_sha=excluded.git_sha, git_dirty=excluded.git_dirty,
+                       artifacts=excluded.artifacts, updated=excluded.updated""",
+                (run_id, sweep, label, parent, mutation, config_yaml, config_hash, sha,
+                 None if dirty is None else int(dirty), seed, json.dumps(artifacts or {}), now, now))
+
+    def finish(self, run_id: str, metrics: dict, wall_seconds: float | None = None,
+               artifacts: dict | None = None, status: str = "done") -> None:
+        self._end(run_id, status, metrics=metrics, wall_seconds=wall_seconds, artifacts=artifacts)
+
+    def fail(self, run_id: str, error: str, wall_seconds: float | None = None) -> None:
+        self._end(run_id, "failed", error=error, wall_seconds=wall_seconds)
+
+    def prune(self, run_id: str, metrics: dict | None = None, wall_seconds: float | None = None) -> None:
+        self._end(run_id, "pruned", metrics=metrics, wall_seconds=wall_seconds)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self._end(run_id, status)
+
+    def _end(self, run_id: str, status: str, *, metrics: dict | None = None, error: str | None = None,
+             wall_seconds: float | None = None, artifacts: dict | None = None) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"status {status!r} is not one of {STATUSES}")
+        sets, vals = ["status = ?", "updated = ?"], [status, time.time()]
+        if metrics is not None:
+            sets.append("metrics = ?"), vals.append(json.dumps(metrics))
+        if error is not None:
+            sets.append("error = ?"), vals.append(error)
+        if wall_seconds is not None:
+            sets.append("wall_seconds = ?"), vals.append(float(wall_seconds))
+        if artifacts is not None:
+            sets.append("artifacts = ?"), vals.append(json.dumps(artifacts))
+        with self._write() as db:
+            cur = db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*vals, run_id))
+            if cur.rowcount == 0:
+                raise KeyError(f"no run {run_id!r} in {self.path}")
+
+    def record_promotion(self, sweep: str, winner: str, mutation: str, path: str, decision: dict) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO promotions (sweep, winner, mutation, path, decision, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (sweep, winner, mutation, path, json.dumps(decision), time.time()))
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def get(self, run_id: str) -> dict | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _row(row) if row else None
+
+    def runs(self, *, sweep: str | None = None, status: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM runs WHERE 1=1", []
+        if sweep is not None:
+            q += " AND sweep = ?"
+            args.append(sweep)
+        if status is not None:
+            q += " AND status = ?"
+            args.append(status)
+        return [_row(r) for r in self._db.execute(q + " ORDER BY created, id", args)]
+
+    def promotions(self, sweep: str | None = None) -> list[dict]:
+        q, args = "SELECT * FROM promotions", []
+        if sweep is not None:
+            q, args = q + " WHERE sweep = ?", [sweep]
+        return [{**dict(r), "decision": json.loads(r["decision"])} for r in self._db.execute(q + " ORDER BY id", args)]
+
+    def integrity(self) -> str:
+        return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _row(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    d["metrics"] = json.loads(d["metrics"] or "{}")
+    d["artifacts"] = json.loads(d["artifacts"] or "{}")
+    d["git_dirty"] = None if d["git_dirty"] is None else bool(d["git_dirty"])
+    return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m foundry.store", description="Show what the experiment store holds.")
+    p.add_argument("--store", default=None, help=f"store file (default: $FOUNDRY_STORE or {DEFAULT_STORE})")
+    sub = p.add_subparsers(dest="cmd")
+    ls = sub.add_parser("list", help="one line per run")
+    ls.add_argument("--sweep"), ls.add_argument("--status", choices=STATUSES)
+    show = sub.add_parser("show", help="everything recorded about one run")
+    show.add_argument("id")
+    sub.add_parser("promotions", help="every promotion with its decision")
+    args = p.parse_args(argv)
+    path = Path(args.store) if args.store else default_store_path()
+    if not path.is_file():
+        print(f"error: no store at {path} (runs are recorded there by `python -m foundry.cli.sweep`)", file=sys.stderr)
+        return 2
+    store = Store(path)
+    if args.cmd == "show":
+        run = store.get(args.id)
+        if run is None:
+            print(f"error: no run {args.id!r} in {path}", file=sys.stderr)
+            return 2
+        print(json.dumps(run, indent=2))
+    elif args.cmd == "promotions":
+        for pr in store.promotions():
+            print(f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(pr['created']))}  {pr['mutation']:<24} "
+                  f"{pr['path']}  {pr['decision'].get('rule', '')}")
+    else:
+        runs = store.runs(sweep=getattr(args, "sweep", None), status=getattr(args, "status", None))
+        print(f"{'id':<48} {'status':<8} {'seed':>6} {'val_bpb':>8} {'wall_s':>7}  git")
+        for r in runs:
+            bpb, wall = r["metrics"].get("val_bpb"), r["wall_seconds"]
+            sha = (r["git_sha"] or "-")[:8] + ("+dirty" if r["git_dirty"] else "")
+            seed = "-" if r["seed"] is None else r["seed"]
+            print(f"{r['id'][:48]:<48} {r['status']:<8} {seed:>6} {'-' if bpb is None else f'{bpb:.4f}':>8} "
+                  f"{'-' if wall is None else f'{wall:.1f}':>7}  {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
