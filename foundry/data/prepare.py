@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ import multiprocessing as mp
 
 import numpy as np
 
-from foundry.data.tokenize import parse_tokenizer_spec, tokenizer_from_json
+from foundry.data.tokenize import CharTokenizer, parse_tokenizer_spec, tokenizer_from_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -275,7 +276,10 @@ def _encode_chunk(chunk: list) -> tuple[bytes, np.ndarray]:
     own tokens start in them (an EOS separator before a document ends the previous one)."""
     tok, dtype = _WORKER_TOK, _WORKER_DTYPE
     eos = tok.token_id("eos")
-    encoded = tok.encode_batch([t for t, _ in chunk])
+    if isinstance(tok, CharTokenizer):  # vectorised, no Python lists (speed and memory)
+        encoded = [tok.encode_array(t) for t, _ in chunk]
+    else:
+        encoded = tok.encode_batch([t for t, _ in chunk])
     parts, starts, pos = [], np.zeros(len(chunk), dtype=np.int64), 0
     for i, ((_, sep), ids) in enumerate(zip(chunk, encoded)):
         if sep and eos is not None:
@@ -287,7 +291,8 @@ def _encode_chunk(chunk: list) -> tuple[bytes, np.ndarray]:
     return np.concatenate(parts).tobytes(), starts
 
 
-def _chunks(docs, size: int = CHUNK_CHARS):
+def _chunks(docs, size: int | None = None):
+    size = size or CHUNK_CHARS
     chunk, n = [], 0
     for text, sep in docs:
         chunk.append((text, sep))
@@ -319,16 +324,26 @@ def encode_stream(docs, tok, dtype: np.dtype, out_tokens, workers: int):
         for chunk in _chunks(docs):
             take(_encode_chunk(chunk))
     else:
-        ctx = mp.get_context("spawn")  # no fork after the parent used tokenizers' thread pool
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(tok_json, dtype.str)) as ex:
-            pending = collections.deque()
-            for chunk in _chunks(docs):
-                pending.append(ex.submit(_encode_chunk, chunk))
-                if len(pending) >= 2 * workers:
+        # fork on Linux: workers start at once and a caller's script (or stdin) is not re-imported, as spawn
+        # would; the workers use no threads (tokenizers is told so), so forking a threaded parent is safe here
+        ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
+        saved = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                     initargs=(tok_json, dtype.str)) as ex:
+                pending = collections.deque()
+                for chunk in _chunks(docs):
+                    pending.append(ex.submit(_encode_chunk, chunk))
+                    if len(pending) >= 2 * workers:
+                        take(pending.popleft().result())
+                while pending:
                     take(pending.popleft().result())
-            while pending:
-                take(pending.popleft().result())
+        finally:
+            if saved is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
     return (np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)), pos
 
 
@@ -412,9 +427,9 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
         for split in ("train", "val"):
             ids = np.memmap(tmp / f"{split}.bin", dtype=dtype, mode="r")
             total = 0
-            for i in range(0, len(ids), 1 << 22):
-                block = np.asarray(ids[i:i + (1 << 22)])
-                total += int(byte_len[block].sum())
+            for i in range(0, len(ids), 1 << 18):  # blocks, so memory stays bounded
+                block = np.asarray(ids[i:i + (1 << 18)])
+                total += int(np.bincount(block, minlength=len(byte_len)) @ byte_len)
                 h.update(block.tobytes())
             split_bytes[split] = total
             del ids
@@ -466,7 +481,7 @@ def _move_tail(src: Path, dst: Path, at: int) -> None:
     with open(src, "r+b") as f, open(dst, "wb") as g:
         f.seek(at)
         while True:
-            block = f.read(1 << 24)
+            block = f.read(1 << 20)
             if not block:
                 break
             g.write(block)
