@@ -79,11 +79,8 @@ def attention(cfg, v):
         if n == m.n_head:
             raise ConfigError(f"gqa with {n} KV heads for {m.n_head} query heads is plain MHA; use 'mha'")
         return {"model_args.attention": "gqa", "model_args.n_kv_head": n}
-    if v == "mla":
-        out = {"model_args.attention": "mla", "model_args.n_kv_head": None}
-        if m.position not in ("rope", "nope"):
-            out["model_args.position"] = "rope"  # MLA's decoupled RoPE key (DeepSeek-V2) needs rotary positions
-        return out
+    if v == "mla":  # MLA shares K/V through its latent, not through KV heads
+        return {"model_args.attention": "mla", "model_args.n_kv_head": None}
     if v.startswith("sliding_"):
         w = integer(v[len("sliding_"):])
         if w >= m.block_size:

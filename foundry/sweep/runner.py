@@ -25,6 +25,22 @@ from pathlib import Path
 from foundry.config import ExperimentConfig, load_experiment, write_text_atomic
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a run's metrics.jsonl, skipping a torn line (torch-free twin of foundry.train.read_metrics, so
+    the sweep process itself never imports torch)."""
+    rows = []
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 class SweepError(ValueError):
     """A sweep that cannot start; the message says why and what to do."""
 
@@ -219,11 +235,10 @@ class Sweep:
                         if state["identity"].get(k) != v}
                 raise SweepError(f"{self.out} holds a different sweep ({', '.join(f'{k}: was {a!r}, now {b!r}' for k, (a, b) in diff.items())}); "
                                  f"run it with the same arguments to resume, or choose another --out")
-            base_file = self.out / "base.yaml"
-            if opts.base and load_experiment(opts.base, opts.overrides).hash() != state["base_hash"]:
-                raise SweepError(f"{self.out} was started from another base (config {state['base_hash']}); "
-                                 f"choose another --out for {opts.base}")
-            self.base = load_experiment(base_file)
+            self.base = load_experiment(self.out / "base.yaml")
+            if opts.base and load_experiment(opts.base, opts.overrides).hash() != self.base.hash():
+                raise SweepError(f"{self.out} was started from another base ({state['base_path']}, snapshot in "
+                                 f"{self.out / 'base.yaml'}); choose another --out for {opts.base}")
             self.cands = plan_candidates(self.base, state["base_path"], opts)
             self.say(f"resuming sweep {self.sweep_id} in {self.out}")
             return state
@@ -339,7 +354,6 @@ class Sweep:
         ex.shutdown()
 
     def progress_table(self, specs: list[dict]) -> str:
-        from foundry.train import read_metrics
         rows = [f"{'trial':<28} {'status':<8} {'iter':>11} {'loss':>7} {'val_bpb':>8}"]
         for s in specs:
             rec = self.store.get(s["id"])
@@ -452,7 +466,6 @@ class Sweep:
 
     def collect(self, live: list[Candidate]) -> tuple[dict, dict]:
         """Per-candidate results (per-seed metrics in seed order) and curves for the plots."""
-        from foundry.train import read_metrics
         results, curves = {}, {}
         for c in self.cands:
             if c.cfg is None:

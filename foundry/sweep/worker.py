@@ -36,7 +36,7 @@ def init_worker() -> None:
 def eval_curve(metrics_path: Path) -> dict[int, float]:
     """{iteration: val_bpb} from a run's metrics.jsonl (the last line for an iteration wins: a resumed run
     re-logs iterations after its last checkpoint)."""
-    from foundry.train import read_metrics
+    from foundry.sweep.runner import read_metrics
     return {int(r["iter"]): float(r["val_bpb"]) for r in read_metrics(metrics_path) if "val_bpb" in r}
 
 
@@ -62,8 +62,6 @@ def run_trial(spec: dict) -> dict:
         from foundry.train import train
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))
-        if spec.get("fail"):  # test hook: a trial that fails the way a broken experiment does
-            raise RuntimeError(spec["fail"])
         summary = train(cfg, quiet=True)
         metrics = {"val_loss": summary["val_loss"], "val_bpb": summary["val_bpb"],
                    "best_val_loss": summary["best_val_loss"], "iters": cfg.training.max_iters,
