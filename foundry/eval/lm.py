@@ -1,0 +1,211 @@
+"""The model side of evaluation: resolve a TARGET, then score or generate text in batches.
+
+`LM` wraps a foundry GPT (anything with `forward(idx, positions=, mask=, caches=)` and `new_caches`) and a
+tokenizer (`encode`, `decode`, `vocab_size`):
+    loglikelihood([(context, continuation), ...]) -> [LogLik(logprob, n_tokens, greedy)]   right-padded batches
+    generate_until([prompt, ...], stop, max_new_tokens) -> [text]      left-padded batches with the KV cache
+
+Text the tokenizer cannot encode (a character outside a char-level alphabet) is never silently altered:
+`encode` returns None and each task scores that item as wrong and counts it (`n_unencodable`).
+Inputs longer than the model's context are cut from the left (as lm-evaluation-harness does) and counted.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class TargetError(ValueError):
+    """A TARGET that cannot be resolved to a model; the message lists what was tried."""
+
+
+def resolve_target(target, device: str = "cpu"):
+    """(model, tokenizer, label) from a run directory, a checkpoint directory, a zoo name, an object with
+    `.model` and `.tokenizer` (e.g. `load_run`'s result) or a `(model, tokenizer)` pair."""
+    if isinstance(target, tuple) and len(target) == 2:
+        model, tok = target
+        return model.to(device).eval(), tok, type(model).__name__
+    if hasattr(target, "model") and hasattr(target, "tokenizer"):
+        return target.model.to(device).eval(), target.tokenizer, str(getattr(target, "path", type(target).__name__))
+    if not isinstance(target, (str, os.PathLike)):
+        raise TargetError(f"TARGET must be a path, a zoo name, a loaded run or a (model, tokenizer) pair; "
+                          f"got {type(target).__name__}")
+    path = Path(target)
+    if path.exists():
+        from foundry.checkpoint import load_run
+        run = load_run(path, device=device)
+        return run.model.eval(), run.tokenizer, str(path)
+    try:  # zoo names (e.g. a pretrained model); the zoo arrives in its own issue
+        from foundry.zoo import load_pretrained  # type: ignore[import-not-found]
+    except ImportError:
+        raise TargetError(f"TARGET {str(target)!r}: no such run or checkpoint directory, and no model zoo is "
+                          f"available in this version to resolve it as a pretrained model name; pass the path "
+                          f"of a run directory (out_dir) or a checkpoint directory") from None
+    try:
+        loaded = load_pretrained(str(target), device=device)
+    except (KeyError, FileNotFoundError, ValueError) as e:
+        raise TargetError(f"TARGET {str(target)!r}: not a run or checkpoint directory, and the zoo says: {e}") from None
+    model, tok = (loaded.model, loaded.tokenizer) if hasattr(loaded, "model") else loaded
+    return model.to(device).eval(), tok, str(target)
+
+
+@dataclass
+class LogLik:
+    logprob: float      # sum of log p(continuation token | everything before)
+    n_tokens: int       # continuation length in tokens
+    greedy: bool        # every continuation token is the argmax
+
+
+class LM:
+    def __init__(self, model, tokenizer, *, batch_size: int = 16, max_length: int | None = None):
+        self.model, self.tok = model.eval(), tokenizer
+        self.batch_size = batch_size
+        cfg = getattr(model, "cfg", None)
+        self.max_length = max_length or getattr(cfg, "block_size", None) or 2048
+        self.device = next(model.parameters()).device
+        self.n_truncated = 0
+
+    # -- text <-> ids ---------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int] | None:
+        """Token ids, or None when the tokenizer cannot represent the text (e.g. a character outside a
+        char-level alphabet)."""
+        try:
+            return list(self.tok.encode(text))
+        except (ValueError, KeyError):
+            return None
+
+    def can_encode(self, *texts: str) -> bool:
+        return all(self.encode(t) is not None for t in texts)
+
+    # -- scoring --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def loglikelihood(self, requests: Sequence[tuple[str, str]], batch_size: int | None = None) -> list[LogLik | None]:
+        """Log-likelihood of each continuation after its context; None for a request that cannot be encoded.
+
+        Requests whose model inputs are identical (e.g. one MMLU question with the continuations " A".." D" in a
+        char-level model, where only the last token differs) share one row of the batch."""
+        bs = batch_size or self.batch_size
+        rows: dict[tuple, int] = {}        # model input ids -> row index
+        plan: list[tuple[int, list[int]] | None] = []   # per request: (row, continuation ids)
+        for ctx, cont in requests:
+            c, k = self.encode(ctx), self.encode(cont)
+            if c is None or k is None:
+                plan.append(None)
+                continue
+            if not c or not k:
+                raise ValueError(f"loglikelihood needs a non-empty context and continuation, got {ctx!r}, {cont!r}")
+            if len(k) > self.max_length:
+                raise ValueError(f"continuation of {len(k)} tokens exceeds the model's context of {self.max_length}")
+            full = c + k
+            if len(full) - 1 > self.max_length:
+                self.n_truncated += 1
+            inp = tuple(full[:-1][-self.max_length:])
+            row = rows.setdefault(inp, len(rows))
+            plan.append((row, k))
+        inputs = list(rows)
+        # each row needs, per request using it, the log-probs of its continuation at the row's last positions
+        results_by_row: dict[int, torch.Tensor] = {}
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))  # similar lengths together
+        for s in range(0, len(order), bs):
+            chunk = order[s:s + bs]
+            T = len(inputs[chunk[0]])
+            idx = torch.zeros(len(chunk), T, dtype=torch.long)
+            for b, r in enumerate(chunk):
+                idx[b, :len(inputs[r])] = torch.tensor(inputs[r])
+            logp = F.log_softmax(self.model(idx.to(self.device)).float(), dim=-1).cpu()  # (B, T, V)
+            for b, r in enumerate(chunk):
+                results_by_row[r] = logp[b, :len(inputs[r])]
+        out: list[LogLik | None] = []
+        for p in plan:
+            if p is None:
+                out.append(None)
+                continue
+            row, k = p
+            lp = results_by_row[row][-len(k):]                         # (len(k), V)
+            tgt = torch.tensor(k)
+            tok_lp = lp.gather(1, tgt[:, None]).squeeze(1)
+            out.append(LogLik(float(tok_lp.sum()), len(k), bool((lp.argmax(-1) == tgt).all())))
+        return out
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_until(self, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int,
+                       batch_size: int | None = None, temperature: float = 0.0,
+                       generator: torch.Generator | None = None) -> list[str | None]:
+        """Continue each prompt until a stop string appears (cut before it) or max_new_tokens; greedy at
+        temperature 0. Left-padded batches decode together through the KV cache. None = unencodable prompt."""
+        from foundry.model import sample_next
+
+        bs = batch_size or self.batch_size
+        max_new_tokens = min(max_new_tokens, self.max_length - 1)
+        keep = self.max_length - max_new_tokens        # room left for the prompt
+        enc = []
+        for p in prompts:
+            ids = self.encode(p)
+            if ids is not None and len(ids) > keep:
+                self.n_truncated += 1
+                ids = ids[-keep:]
+            enc.append(ids if ids else None)
+        out: list[str | None] = [None] * len(prompts)
+        todo = sorted((i for i in range(len(prompts)) if enc[i] is not None), key=lambda i: -len(enc[i]))
+        for s in range(0, len(todo), bs):
+            chunk = todo[s:s + bs]
+            texts = self._decode_batch([enc[i] for i in chunk], list(stop), max_new_tokens, temperature, generator,
+                                       sample_next)
+            for i, t in zip(chunk, texts):
+                out[i] = t
+        return out
+
+    def _decode_batch(self, rows, stop, max_new_tokens, temperature, generator, sample_next) -> list[str]:
+        model, dev = self.model, self.device
+        B, L = len(rows), max(len(r) for r in rows)
+        total = L + max_new_tokens
+        idx = torch.zeros(B, L, dtype=torch.long, device=dev)
+        real = torch.zeros(B, total, dtype=torch.bool, device=dev)   # key slots holding real tokens
+        for b, r in enumerate(rows):
+            idx[b, L - len(r):] = torch.tensor(r, device=dev)
+            real[b, L - len(r):] = True
+        offset = L - real[:, :L].sum(1)                                  # (B,) left padding per row
+        caches = model.new_caches(B, total)
+        new = [[] for _ in range(B)]
+        texts = [""] * B
+        done = [False] * B
+        step_in, t0 = idx, 0
+        longest_stop = max((len(x) for x in stop), default=0)
+        for _ in range(max_new_tokens):
+            T = step_in.shape[1]
+            slots = torch.arange(t0, t0 + T, device=dev)
+            positions = (slots[None, :] - offset[:, None]).clamp(min=0)  # (B, T)
+            # a query sees real keys, and itself so a padding row never has an all-masked softmax
+            mask = real[:, None, None, : t0 + T] | (torch.arange(t0 + T, device=dev)[None, :] == slots[:, None])
+            logits = model(step_in, positions=positions, mask=mask, caches=caches)[:, -1, :].float()
+            nxt = sample_next(logits, temperature, None, None, generator)   # (B,)
+            for b in range(B):
+                if done[b]:
+                    continue
+                new[b].append(int(nxt[b]))
+                # decode the tail only: a stop string can only end in the newest token
+                texts[b] = self.tok.decode(new[b])
+                tail = texts[b][-(longest_stop + 8):] if longest_stop else ""
+                if any(x in tail for x in stop):
+                    done[b] = True
+            if all(done):
+                break
+            t0, step_in = t0 + T, nxt[:, None]
+            real[:, t0] = True
+        return [cut_at_stop(t, stop) for t in texts]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Text before the earliest stop string."""
+    end = len(text)
+    for x in stop:
+        i = text.find(x)
+        if i != -1:
+            end = min(end, i)
+    return text[:end]
