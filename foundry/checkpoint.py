@@ -27,12 +27,26 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, config_yaml: str) -> None:
+def aliased_names(model: nn.Module) -> set[str]:
+    """Names under which an already-listed parameter appears again (tied weights: lm_head.weight)."""
+    every = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {n for n, _ in model.named_parameters()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, config_yaml: str,
+                    weights: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint directory atomically. `weights` (a full state dict, e.g. gathered from FSDP shards)
+    replaces model.state_dict(); tied weights are stored once either way."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
     try:
-        save_file(model_state(model), str(tmp / "model.safetensors"))
+        if weights is None:
+            tensors = model_state(model)
+        else:
+            drop = aliased_names(model)
+            tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items() if k not in drop}
+        save_file(tensors, str(tmp / "model.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         for f in tmp.iterdir():

@@ -1,16 +1,22 @@
-"""Train a GPT from an experiment file: `python -m foundry.train EXPERIMENT.yaml [--set key.path=value ...]`.
+"""Train a GPT from an experiment file.
 
-One plain loop with section banners. What it leaves in `out_dir`:
+    python -m foundry.train EXPERIMENT.yaml [--set key.path=value ...] [--resume] [--logger tensorboard|wandb]
+    torchrun --standalone --nproc_per_node=2 -m foundry.train EXPERIMENT.yaml      (DDP/FSDP, see distributed.py)
+
+One plain loop with section banners. What it leaves in `out_dir` (rank 0 alone writes):
     config.yaml      the fully resolved experiment (loads back to an equal config)
-    metrics.jsonl    one JSON object per line: training lines {iter, loss, lr, tokens_per_sec, ...},
-                     evaluation lines {iter, val_loss, val_bpb}
-    ckpt_last/       weights (safetensors) + optimiser/RNG/data state, written atomically
+    tokenizer.json   the data's tokenizer, so the run directory is self-contained
+    metrics.jsonl    one JSON object per line: training lines {iter, loss, lr, tokens_per_sec, ms_per_iter,
+                     grad_norm, mfu}, evaluation lines {iter, val_loss, val_bpb, val_tokens}
+    ckpt_last/       weights (safetensors) + optimiser, RNG and data-position state, written atomically
     ckpt_best/       the checkpoint with the lowest validation loss
     sample.txt       text generated at the end
     summary.json     final numbers
 
-torch is imported inside the functions, not at the top: the config is validated (and a bad one refused) in
-well under a second, before the multi-second torch import.
+Exact resume: a checkpoint is taken at every evaluation; re-running into the same out_dir (or --resume)
+restores weights, optimiser, RNG and the sampler's row counter, drops metric lines after the checkpoint and
+continues, so on CPU the rest of the run is bit-identical to an uninterrupted one. max_iters may grow
+between runs (extending a run); any other change of the experiment is refused.
 """
 from __future__ import annotations
 
@@ -24,11 +30,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+
 from foundry.config import ConfigError, ExperimentConfig, load_experiment, write_text_atomic
 
 
 # --------------------------------------------------------------------------------------------------
-# Run log
+# Run log: JSONL always, TensorBoard / Weights & Biases (offline) on request
 # --------------------------------------------------------------------------------------------------
 class MetricsLog:
     """Append-only JSONL; each line is flushed and fsynced so a kill loses at most the line being written."""
@@ -59,26 +67,76 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-# --------------------------------------------------------------------------------------------------
-# Device and precision
-# --------------------------------------------------------------------------------------------------
-def pick_device(name: str) -> "torch.device":
-    import torch
+def truncate_metrics(path: Path, last_iter: int) -> None:
+    """Keep the rows up to `last_iter` (a resumed run rewrites what came after its checkpoint)."""
+    rows = [r for r in read_metrics(path) if r.get("iter", 0) <= last_iter]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
+
+LOGGERS = ("tensorboard", "wandb")
+
+
+class ExtraLoggers:
+    """Optional mirrors of the metrics: TensorBoard event files in out_dir/tb, W&B offline runs in out_dir/wandb.
+    Imported lazily; a missing package fails before training starts, naming the extra to install."""
+
+    def __init__(self, names, out: Path, cfg: ExperimentConfig, enabled: bool):
+        self.tb = self.wb = None
+        unknown = [n for n in names if n not in LOGGERS]
+        if unknown:
+            raise ConfigError(f"--logger {unknown[0]!r}: unknown logger; choose from {', '.join(LOGGERS)} "
+                              f"(metrics.jsonl is always written)")
+        for name in names:
+            try:
+                if name == "tensorboard":
+                    from torch.utils.tensorboard import SummaryWriter
+                else:
+                    import wandb
+            except ImportError as e:
+                raise ConfigError(f"--logger {name}: the {name} package is not installed ({e}); install it with "
+                                  f"`pip install -e '.[{name}]'` or drop --logger {name}") from None
+            if not enabled:
+                continue
+            if name == "tensorboard":
+                self.tb = SummaryWriter(log_dir=str(out / "tb"))
+            else:
+                os.environ.setdefault("WANDB_MODE", "offline")  # never reach the network unless the user says so
+                self.wb = wandb.init(project="foundry", name=out.name, dir=str(out), config=cfg.to_dict(),
+                                     mode=os.environ["WANDB_MODE"], resume="allow")
+
+    def write(self, step: int, row: dict) -> None:
+        scalars = {k: v for k, v in row.items() if k != "iter" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wb is not None:
+            self.wb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wb is not None:
+            self.wb.finish()
+
+
+# --------------------------------------------------------------------------------------------------
+# Device, precision, throughput
+# --------------------------------------------------------------------------------------------------
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"training.device: {name!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("training.device: 'mps' asked for, but MPS is not available here; use 'cpu' or 'auto'")
+    if name == "cuda":  # under torchrun each process takes its own GPU
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
-def pick_dtype(name: str, device) -> "torch.dtype":
-    import torch
-
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 autocast on CUDA cards that support it; fp32 on CPU, where bf16 was measured slower on
+    this project's CPUs (AVX2, no AVX512-BF16/AMX: bench/bench_train.py --bf16 shows ~2x slower steps)."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -86,229 +144,344 @@ def pick_dtype(name: str, device) -> "torch.dtype":
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def autocast_ctx(device, dtype):
-    import torch
-
+def autocast_ctx(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
+              "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The card's peak for MFU; FOUNDRY_PEAK_FLOPS overrides (e.g. for a CPU), None when unknown."""
+    if os.environ.get("FOUNDRY_PEAK_FLOPS"):
+        return float(os.environ["FOUNDRY_PEAK_FLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if peak is not None and dtype == torch.float32:
+        peak /= 2  # fp32 matmuls run as TF32: half the bf16 dense rate on Ampere and Hopper
+    return peak
+
+
+def fmt_eta(seconds: float) -> str:
+    s = int(max(0, seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
+@torch.no_grad()
 def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
     """Validation loss (nats/token, plain cross-entropy) and bits per byte over a fixed, declared set of
-    windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split."""
-    import torch
-
-    from foundry.data.dataset import eval_windows
+    windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split
+    (all of it when shorter). Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens,
+    so runs with different tokenizers compare."""
+    from foundry.data.dataset import eval_batches
 
     T, B = cfg.model_args.block_size, cfg.training.batch_size
     byte_len = data.byte_lengths().to(device)
     was_training = model.training
     model.eval()
-    total_nats, total_tokens, total_bytes = 0.0, 0, 0.0
-    xs, ys = [], []
-
-    def flush():
-        nonlocal total_nats, total_tokens, total_bytes
-        x, y = torch.cat(xs).to(device), torch.cat(ys).to(device)
-        with ctx, torch.no_grad():
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.float64, device=device)
+    total_tokens = 0
+    for x, y in eval_batches(data.val, T, cfg.training.eval_iters * B, B):
+        x, y = x.to(device), y.to(device)
+        with ctx:
             logits = model(x)
         nats = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                                  reduction="sum")
-        total_nats += float(nats)
+        total_nats += nats.double()
+        total_bytes += byte_len[y].sum()
         total_tokens += y.numel()
-        total_bytes += float(byte_len[y].sum())
-        xs.clear(), ys.clear()
-
-    for x, y in eval_windows(data.val, T, cfg.training.eval_iters * B):
-        xs.append(x), ys.append(y)
-        if len(xs) == B:
-            flush()
-    if xs:
-        flush()
     model.train(was_training)
     if total_tokens == 0:
         raise ValueError(f"validation split of {len(data.val)} tokens is shorter than one block of {T}")
-    return {"val_loss": total_nats / total_tokens,
-            "val_bpb": total_nats / math.log(2) / max(total_bytes, 1.0),
+    nats = float(total_nats)
+    return {"val_loss": nats / total_tokens, "val_bpb": nats / math.log(2) / max(float(total_bytes), 1.0),
             "val_tokens": total_tokens}
 
 
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
-def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> dict:
-    """Train as `cfg` says; returns the summary (also written to out_dir/summary.json)."""
-    import torch
+def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, loggers: tuple[str, ...] = ()) -> dict:
+    """Train as `cfg` says; returns the summary (also written to out_dir/summary.json):
+    val_loss, val_bpb, best_val_loss, iters, params, wall_seconds, tokens_per_sec, config_hash, out_dir.
 
+    Re-running into an out_dir that holds a checkpoint of the same experiment continues it (max_iters may
+    be larger: the run is extended). Under torchrun every process calls this; rank 0 alone writes."""
+    import yaml
+
+    from foundry import distributed as D
     from foundry.checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
-    from foundry.data.dataset import load_data, random_batch
+    from foundry.config import from_dict
+    from foundry.data.dataset import load_data
+    from foundry.data.sampler import make_sampler, split_batch
     from foundry.model import GPT
     from foundry.modules import LOSS
     from foundry.optim import build_optimizer, lr_at
 
+    t_start = time.perf_counter()
     tc = cfg.training
-    say = (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
 
-    # ---- data and vocabulary --------------------------------------------------------------------
-    data = load_data(cfg.data.path)
-    vocab = cfg.model_args.vocab_size
-    if vocab is None:
-        cfg = cfg.replace({"model_args.vocab_size": data.vocab_size})
-    elif vocab < data.vocab_size:
-        raise ConfigError(f"model_args.vocab_size={vocab} is smaller than the data's vocabulary "
-                          f"({data.vocab_size} tokens in {data.name}); raise it or leave it unset")
-    mc = cfg.model_args
+    # ---- processes, device, precision -----------------------------------------------------------
+    device_type = pick_device(tc.device).type
+    info = D.init(device_type)
+    try:
+        device = pick_device(tc.device, info.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        main = info.is_main
+        say = (lambda *a, **k: None) if (quiet or not main) else (lambda *a, **k: print(*a, **k, flush=True))
+        extra_log = ExtraLoggers(loggers, out, cfg, enabled=False)  # fail on a missing package before any work
+        dtype = pick_dtype(tc.dtype, device)
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        ctx = autocast_ctx(device, dtype)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (no effect under bf16)
+            torch.backends.cudnn.allow_tf32 = True
 
-    # ---- device, precision, seeds ---------------------------------------------------------------
-    device = pick_device(tc.device)
-    dtype = pick_dtype(tc.dtype, device)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    torch.manual_seed(tc.seed)
-    ctx = autocast_ctx(device, dtype)
-    batch_gen = torch.Generator().manual_seed(tc.seed + 1)
+        # ---- data and vocabulary ----------------------------------------------------------------
+        data = load_data(cfg.data.path)
+        vocab = cfg.model_args.vocab_size
+        if vocab is None:
+            cfg = cfg.replace({"model_args.vocab_size": data.vocab_size})
+        elif vocab < data.vocab_size:
+            raise ConfigError(f"model_args.vocab_size={vocab} is smaller than the data's vocabulary "
+                              f"({data.vocab_size} tokens in {data.name}); raise it or leave it unset")
+        mc = cfg.model_args
+        micro_batch, accum = split_batch(tc, info.world_size)
 
-    # ---- model and optimiser --------------------------------------------------------------------
-    model = GPT(mc, loss_fn=LOSS.get(tc.loss)(tc)).to(device)
-    optimizer = build_optimizer(model, tc, device.type)
-    step_model = torch.compile(model) if tc.compile else model
-    tokens_per_iter = tc.batch_size * tc.gradient_accumulation_steps * mc.block_size
-    flops_per_iter = model.flops_per_token(mc.block_size) * tokens_per_iter
+        # ---- an earlier run in out_dir? ---------------------------------------------------------
+        ckpt = find_checkpoint(out / "ckpt_last")
+        st = None
+        if ckpt is not None:
+            stored = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
+            # max_iters may grow (extending a run, successive halving); anything else must match
+            if stored.replace({"training.max_iters": 1}).hash() != cfg.replace({"training.max_iters": 1}).hash():
+                raise FileExistsError(f"{out} holds a run of a different experiment (config hash {stored.hash()} "
+                                      f"vs {cfg.hash()}); choose another out_dir or delete that run")
+            st = load_state(ckpt)
+        elif resume:
+            say(f"--resume: no checkpoint in {out}, starting a new run")
 
-    start_iter, best_val = 0, float("inf")
-    ckpt = find_checkpoint(out / "ckpt_last")
-    if resume and ckpt is None:
-        say(f"--resume: no checkpoint in {out}, starting a new run")
-    if ckpt is not None:
-        # re-running into the same out_dir continues the run, but only the same experiment
-        from foundry.config import from_dict
-        import yaml
-        stored = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-        # max_iters may grow (extending a run, successive halving); anything else must match
-        if stored.replace({"training.max_iters": 1}).hash() != cfg.replace({"training.max_iters": 1}).hash():
-            raise FileExistsError(f"{out} holds a run of a different experiment (config hash {stored.hash()} "
-                                  f"vs {cfg.hash()}); choose another out_dir or delete that run")
-        load_weights(model, ckpt)
-        st = load_state(ckpt)
-        optimizer.load_state_dict(st["optimizer"])
-        start_iter, best_val = st["iter"], st["best_val"]
-        torch.set_rng_state(st["rng_cpu"])
-        batch_gen.set_state(st["rng_batches"])
-        say(f"resumed from {ckpt} at iteration {start_iter}")
-    else:
-        write_text_atomic(out / "config.yaml", cfg.to_yaml())
-        data.tokenizer.save(out / "tokenizer.json")  # a run directory is self-contained for eval and sampling
-        for stale in ("metrics.jsonl", "summary.json", "sample.txt"):
-            (out / stale).unlink(missing_ok=True)
+        # ---- model, wrapping, optimiser ---------------------------------------------------------
+        torch.manual_seed(tc.seed)  # the same initial weights on every rank (FSDP shards from them)
+        model = GPT(mc, loss_fn=LOSS.get(tc.loss)(tc))
+        if st is not None:
+            load_weights(model, ckpt)  # full weights, before any sharding
+        model.to(device)
+        n_params = model.num_params()
+        mode = D.choose_mode(tc.distributed, info.world_size, device.type,
+                             sum(p.numel() for p in model.parameters()), tc.fsdp_min_params)
+        wrapped = D.wrap(model, mode, info, device)
+        optimizer = build_optimizer(model, tc, device.type)
+        step_model = torch.compile(wrapped) if tc.compile else wrapped
+        sampler = make_sampler(data, cfg, info.rank, info.world_size)
+        tokens_per_iter = micro_batch * accum * info.world_size * mc.block_size  # global
+        flops_per_iter = model.flops_per_token(mc.block_size) * tokens_per_iter
+        peak = peak_flops(device, dtype)
+        torch.manual_seed(tc.seed + info.rank)  # dropout streams differ per rank
 
-    log = MetricsLog(out / "metrics.jsonl")
-    say(f"foundry: {cfg.base_model} | {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide | "
-        f"{mc.attention}/{mc.position}/{mc.norm}/{mc.mlp} | {model.num_params() / 1e6:.2f}M parameters | "
-        f"data {data.name} ({len(data.train):,} train / {len(data.val):,} val tokens, vocab {data.vocab_size}) | "
-        f"{device.type} {str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads")
-    if start_iter == 0:
-        log.write(event="start", params=model.num_params(), data=data.name, data_fingerprint=data.fingerprint,
-                  config_hash=cfg.hash(), device=device.type, dtype=str(dtype).replace("torch.", ""))
-
-    def checkpoint(it: int, is_best: bool) -> None:
-        state = {"iter": it, "best_val": best_val, "optimizer": optimizer.state_dict(),
-                 "rng_cpu": torch.get_rng_state(), "rng_batches": batch_gen.get_state()}
-        save_checkpoint(out / "ckpt_last", model, state, cfg.to_yaml())
-        if is_best:
-            tmp = out / "ckpt_best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(out / "ckpt_last", tmp)
+        start_iter, best_val = 0, float("inf")
+        if st is not None:
+            D.load_optimizer_state(model, optimizer, st["optimizer"], mode)
+            start_iter, best_val = st["iter"], st["best_val"]
+            sampler_states = st["sampler"]
+            if len(sampler_states) != info.world_size:
+                raise ValueError(f"{ckpt} was written by {len(sampler_states)} processes and this run has "
+                                 f"{info.world_size}; resume with the same number of processes")
+            sampler.load_state_dict(sampler_states[info.rank])
+            torch.set_rng_state(st["rng_cpu"][info.rank])
+            if device.type == "cuda" and st.get("rng_cuda"):
+                torch.cuda.set_rng_state(st["rng_cuda"][info.rank])
+            if main:
+                truncate_metrics(out / "metrics.jsonl", start_iter)
+                write_text_atomic(out / "config.yaml", cfg.to_yaml())  # an extended run records its new max_iters
+            say(f"resumed from {ckpt} at iteration {start_iter}")
+        elif main:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in ("metrics.jsonl", "summary.json", "sample.txt"):
+                (out / stale).unlink(missing_ok=True)
             shutil.rmtree(out / "ckpt_best", ignore_errors=True)
-            os.replace(tmp, out / "ckpt_best")
+            write_text_atomic(out / "config.yaml", cfg.to_yaml())
+            data.tokenizer.save(out / "tokenizer.json")  # a run directory is self-contained for eval and sampling
+        D.barrier(info)
 
-    # ---- the loop -------------------------------------------------------------------------------
-    model.train()
-    t_start = t_last = time.perf_counter()
-    ev = {}
-    it = start_iter
-    for it in range(start_iter, tc.max_iters):
-        lr = lr_at(it, tc)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for _ in range(tc.gradient_accumulation_steps):
-            x, y = random_batch(data.train, tc.batch_size, mc.block_size, batch_gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with ctx:
-                loss, info = step_model(x, y)
-            (loss / tc.gradient_accumulation_steps).backward()
-            loss_sum += float(loss.detach())
-        loss_val = loss_sum / tc.gradient_accumulation_steps
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(f"loss became {loss_val} at iteration {it}; the last good checkpoint in "
-                                     f"{out / 'ckpt_last'} is intact. Lower training.learning_rate or set "
-                                     f"training.grad_clip")
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        log = MetricsLog(out / "metrics.jsonl", enabled=main)
+        extra_log = ExtraLoggers(loggers, out, cfg, enabled=main)
+        say(f"foundry: {cfg.base_model} | {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide | "
+            f"{mc.attention}/{mc.position}/{mc.norm}/{mc.mlp} | {n_params / 1e6:.2f}M parameters | "
+            f"data {data.name} ({len(data.train):,} train / {len(data.val):,} val tokens, vocab {data.vocab_size}) | "
+            f"{device.type} {str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads | "
+            f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({mode}) | "
+            f"batch {micro_batch}x{accum}x{info.world_size}x{mc.block_size} = {tokens_per_iter:,} tokens/iter")
+        if start_iter == 0:
+            log.write(event="start", params=n_params, data=data.name, data_fingerprint=data.fingerprint,
+                      config_hash=cfg.hash(), device=device.type, dtype=str(dtype).replace("torch.", ""),
+                      world_size=info.world_size, distributed=mode)
 
-        done = it + 1
-        if done % tc.log_interval == 0 or done == tc.max_iters:
-            now = time.perf_counter()
-            dt = (now - t_last) / (done % tc.log_interval or tc.log_interval)
-            t_last = now
-            tps = tokens_per_iter / dt
-            eta = dt * (tc.max_iters - done)
-            row = dict(iter=done, loss=loss_val, lr=lr, tokens_per_sec=tps, ms_per_iter=dt * 1000)
-            if info.get("aux_loss") is not None:
-                row["aux_loss"] = float(info["aux_loss"])
-            log.write(**row)
-            say(f"iter {done:>6}/{tc.max_iters} | loss {loss_val:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/it | "
-                f"{tps:,.0f} tok/s | ETA {eta:.0f}s")
-        if done % tc.eval_interval == 0 or done == tc.max_iters:
+        def checkpoint(it: int, is_best: bool) -> None:
+            """Collective under FSDP (the full state is gathered); rank 0 writes."""
+            weights = D.full_model_state(model, mode)
+            optim_state = D.full_optimizer_state(model, optimizer, mode)
+            rng = {"rng_cpu": torch.get_rng_state(), "sampler": sampler.state_dict()}
+            if device.type == "cuda":
+                rng["rng_cuda"] = torch.cuda.get_rng_state(device)
+            per_rank = [rng] if info.world_size == 1 else [None] * info.world_size
+            if info.world_size > 1:
+                torch.distributed.all_gather_object(per_rank, rng)
+            if main:
+                state = {"iter": it, "best_val": best_val, "optimizer": optim_state,
+                         "rng_cpu": [r["rng_cpu"] for r in per_rank],
+                         "rng_cuda": [r.get("rng_cuda") for r in per_rank] if device.type == "cuda" else None,
+                         "sampler": [r["sampler"] for r in per_rank], "world_size": info.world_size}
+                save_checkpoint(out / "ckpt_last", model, state, cfg.to_yaml(), weights=weights)
+                if is_best:
+                    tmp = out / "ckpt_best.tmp"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    shutil.copytree(out / "ckpt_last", tmp)
+                    shutil.rmtree(out / "ckpt_best", ignore_errors=True)
+                    os.replace(tmp, out / "ckpt_best")
+            D.barrier(info)
+
+        def check_finite(it: int, bad_at: torch.Tensor) -> None:
+            """Stop on the first non-finite loss or gradient norm, before it can reach a checkpoint."""
+            first_bad = int(D.all_reduce_max(bad_at, info))
+            if first_bad >= 0:
+                raise FloatingPointError(
+                    f"loss or gradient norm became non-finite (nan/inf) at iteration {first_bad + 1} (seen at "
+                    f"{it}); stopped without saving, so the last good checkpoint in {out / 'ckpt_last'} is intact. "
+                    f"Lower training.learning_rate, set training.grad_clip, or use training.dtype=float32")
+
+        # ---- the loop ---------------------------------------------------------------------------
+        model.train()
+        ev: dict = {}
+        bad_at = torch.full((), -1, dtype=torch.long, device=device)   # first iteration with a non-finite value
+        loss_window = torch.zeros((), device=device)                   # summed loss since the last log line
+        window_iters, t_last, train_time, train_iters = 0, time.perf_counter(), 0.0, 0
+        clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")      # inf: measure the norm, do not clip
+        for it in range(start_iter, tc.max_iters):
+            lr = lr_at(it, tc)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                x, y = sampler.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with D.no_sync(wrapped, mode, micro == accum - 1):
+                    with ctx:
+                        loss, _ = step_model(x, y)
+                    (loss / accum).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+            if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP
+                grad_norm = grad_norm.full_tensor()
+            finite = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
+            bad_at = torch.where((bad_at < 0) & ~finite, torch.full_like(bad_at, it), bad_at)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_window += loss_sum / accum
+            window_iters += 1
+
+            done = it + 1
+            is_eval = done % tc.eval_interval == 0 or done == tc.max_iters
+            if done % tc.log_interval == 0 or is_eval:
+                check_finite(done, bad_at)
+                loss_val = float(D.all_reduce_mean(loss_window, info)) / window_iters
+                now = time.perf_counter()
+                dt = (now - t_last) / window_iters
+                train_time += now - t_last
+                train_iters += window_iters
+                tps = tokens_per_iter / dt
+                row = dict(iter=done, loss=loss_val, lr=lr, tokens_per_sec=tps, ms_per_iter=dt * 1000,
+                           grad_norm=float(grad_norm))
+                mfu_txt = f"{flops_per_iter / dt / 1e9:,.1f} GFLOP/s"
+                if peak:
+                    row["mfu"] = flops_per_iter / dt / peak
+                    mfu_txt = f"MFU {100 * row['mfu']:.1f}%"
+                log.write(**row)
+                extra_log.write(done, row)
+                eta = (train_time / train_iters) * (tc.max_iters - done)
+                say(f"iter {done:>6}/{tc.max_iters} | loss {loss_val:.4f} | lr {lr:.2e} | {dt * 1000:.1f} ms/it | "
+                    f"{tps:,.0f} tok/s | {mfu_txt} | ETA {fmt_eta(eta)}")
+                loss_window.zero_()
+                window_iters = 0
+                t_last = time.perf_counter()
+            if is_eval:
+                ev = evaluate(model, data, cfg, device, ctx)
+                is_best = ev["val_loss"] < best_val
+                best_val = min(best_val, ev["val_loss"])
+                log.write(iter=done, **ev)
+                extra_log.write(done, ev)
+                say(f"eval {done}: val loss {ev['val_loss']:.4f} | val bpb {ev['val_bpb']:.4f}")
+                checkpoint(done, is_best)
+                t_last = time.perf_counter()  # evaluation and checkpoint time are not training throughput
+
+        # ---- the end: a sample and a summary ------------------------------------------------------
+        if not ev:  # resumed a finished run
             ev = evaluate(model, data, cfg, device, ctx)
-            is_best = ev["val_loss"] < best_val
-            best_val = min(best_val, ev["val_loss"])
-            log.write(iter=done, **ev)
-            say(f"eval {done}: val loss {ev['val_loss']:.4f} | val bpb {ev['val_bpb']:.4f}")
-            checkpoint(done, is_best)
-            t_last = time.perf_counter()
-
-    # ---- the end: a sample and a summary ----------------------------------------------------------
-    if not ev:  # resumed a finished run
-        ev = evaluate(model, data, cfg, device, ctx)
-    sample = ""
-    if tc.sample_tokens > 0:
-        prompt = data.tokenizer.encode(tc.sample_prompt) if tc.sample_prompt else [0]
-        gen = torch.Generator(device=device).manual_seed(tc.seed)
-        ids = model.generate([prompt], tc.sample_tokens, temperature=0.8, top_k=200, generator=gen)[0]
-        sample = tc.sample_prompt + data.tokenizer.decode(ids)
-        write_text_atomic(out / "sample.txt", sample)
-        say("---- sample ----\n" + sample.strip() + "\n----------------")
-    summary = {"val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"], "best_val_loss": best_val,
-               "iters": tc.max_iters, "params": model.num_params(), "wall_seconds": time.perf_counter() - t_start,
-               "config_hash": cfg.hash(), "out_dir": str(out)}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    say(f"done: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f} -> {out}")
-    return summary
+        sample = ""
+        if tc.sample_tokens > 0:
+            sampler_model = model
+            if mode == "fsdp":  # sample from a plain copy of the full weights, on rank 0 alone
+                weights = D.full_model_state(model, mode)
+                sampler_model = None
+                if main:
+                    sampler_model = GPT(mc).to(device)
+                    sampler_model.load_state_dict(weights, strict=False)
+            if main:
+                prompt = data.tokenizer.encode(tc.sample_prompt) if tc.sample_prompt else [0]
+                gen = torch.Generator(device=device).manual_seed(tc.seed)
+                ids = sampler_model.generate([prompt], tc.sample_tokens, temperature=0.8, top_k=200, generator=gen)[0]
+                sample = tc.sample_prompt + data.tokenizer.decode(ids)
+                write_text_atomic(out / "sample.txt", sample)
+                say("---- sample ----\n" + sample.strip() + "\n----------------")
+        summary = {"val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"], "best_val_loss": best_val,
+                   "iters": tc.max_iters, "params": n_params, "wall_seconds": time.perf_counter() - t_start,
+                   "tokens_per_sec": tokens_per_iter * train_iters / train_time if train_time > 0 else None,
+                   "world_size": info.world_size, "distributed": mode,
+                   "config_hash": cfg.hash(), "out_dir": str(out)}
+        if main:
+            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+        extra_log.close()
+        say(f"done: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f} -> {out}")
+        D.barrier(info)
+        return summary
+    finally:
+        D.shutdown(info)
 
 
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m foundry.train", description="Train a GPT from an experiment YAML.")
+    p = argparse.ArgumentParser(
+        prog="python -m foundry.train", description="Train a GPT from an experiment YAML. Under "
+        "`torchrun --standalone --nproc_per_node=N -m foundry.train ...` it trains data-parallel "
+        "(training.distributed: auto|ddp|fsdp|none; gloo on CPU, nccl on GPU).")
     p.add_argument("experiment", help="experiment YAML, e.g. experiments/baseline.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (repeatable), e.g. --set training.max_iters=100")
-    p.add_argument("--resume", action="store_true", help="continue the run already in out_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in out_dir (re-running into the same out_dir does this too)")
+    p.add_argument("--logger", dest="loggers", action="append", default=[], choices=LOGGERS,
+                   help="also log to TensorBoard (out_dir/tb) or Weights & Biases offline (out_dir/wandb); "
+                        "needs the matching extra: pip install -e '.[tensorboard]' / '.[wandb]'")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     args = p.parse_args(argv)
     try:
         cfg = load_experiment(args.experiment, args.overrides)
-        train(cfg, resume=args.resume, quiet=args.quiet)
+        train(cfg, resume=args.resume, quiet=args.quiet, loggers=tuple(args.loggers))
     except (ConfigError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -95,3 +95,16 @@ def eval_windows(data: np.ndarray, block_size: int, max_windows: int | None = No
         i = w * block_size
         chunk = np.asarray(data[i:i + block_size + 1], dtype=np.int64)
         yield torch.from_numpy(chunk[:-1])[None], torch.from_numpy(chunk[1:])[None]
+
+
+def eval_batches(data: np.ndarray, block_size: int, max_windows: int | None, batch_size: int):
+    """The windows of `eval_windows`, stacked into batches: yields x, y (b, T) int64, b <= batch_size."""
+    n = (len(data) - 1) // block_size
+    if max_windows is not None:
+        n = min(n, max_windows)
+    for first in range(0, n, batch_size):
+        b = min(batch_size, n - first)
+        chunk = np.asarray(data[first * block_size:(first + b) * block_size + 1], dtype=np.int64)
+        x = torch.from_numpy(chunk[:-1].reshape(b, block_size))
+        y = torch.from_numpy(chunk[1:].reshape(b, block_size))
+        yield x, y

@@ -1,0 +1,160 @@
+"""End-to-end training on CPU with tiny models: run directory, metrics, evaluation, extension, refusals,
+non-finite loss, gradient accumulation, loggers and the command line."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from foundry.checkpoint import load_run, load_state
+from foundry.config import ConfigError
+from foundry.data.dataset import load_data
+from foundry.train import evaluate, main, read_metrics, train
+from train_helpers import tiny_config, write_char_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_char_dataset(tmp_path_factory.mktemp("data") / "shakespeare_char")
+
+
+def weights(run_dir):
+    return load_file(str(run_dir / "ckpt_last" / "model.safetensors"))
+
+
+def test_run_directory_metrics_and_summary(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(data_dir, out), quiet=True)
+    for name in ("config.yaml", "tokenizer.json", "metrics.jsonl", "sample.txt", "summary.json"):
+        assert (out / name).is_file(), name
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows[0]["event"] == "start"
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "val_loss" in r]
+    assert [r["iter"] for r in train_rows] == [5, 10, 15, 20]
+    assert [r["iter"] for r in eval_rows] == [10, 20]
+    for r in train_rows:
+        assert {"loss", "lr", "tokens_per_sec", "ms_per_iter", "grad_norm"} <= r.keys()
+        assert math.isfinite(r["loss"]) and r["tokens_per_sec"] > 0
+    vocab = load_data(data_dir).vocab_size
+    assert train_rows[0]["loss"] < math.log(vocab) + 0.5 and train_rows[-1]["loss"] < train_rows[0]["loss"]
+    # character data of ASCII text: one byte per token, so bits per byte = nats per token / ln 2
+    ev = eval_rows[-1]
+    assert ev["val_bpb"] == pytest.approx(ev["val_loss"] / math.log(2), rel=1e-9)
+    assert ev["val_tokens"] == 2 * 4 * 32  # eval_iters x batch_size windows of block_size
+    assert summary["val_loss"] == pytest.approx(ev["val_loss"]) and summary["out_dir"] == str(out)
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in eval_rows)
+    assert json.loads((out / "summary.json").read_text())["val_bpb"] == pytest.approx(summary["val_bpb"])
+    run = load_run(out)  # what evaluation and sweeps use
+    assert run.config.model_args.vocab_size == vocab and load_state(out / "ckpt_last")["iter"] == 20
+
+
+def test_evaluate_is_cross_entropy_over_the_declared_windows(data_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(data_dir, out, **{"training.max_iters": 5, "training.eval_iters": 3})
+    train(cfg, quiet=True)
+    run = load_run(out, which="last")
+    data = load_data(data_dir)
+    got = evaluate(run.model, data, run.config, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    T, n = 32, 3 * 4
+    ids = torch.from_numpy(np.asarray(data.val[: n * T + 1], dtype=np.int64))
+    x, y = ids[:-1].view(n, T), ids[1:].view(n, T)
+    with torch.no_grad():
+        logits = run.model(x)
+    nats = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1), reduction="sum").item()
+    assert got["val_loss"] == pytest.approx(nats / y.numel(), rel=1e-6)
+    assert got["val_tokens"] == y.numel()
+
+
+def test_extending_a_run_equals_running_it_once(data_dir, tmp_path):
+    """Successive halving re-runs into the same out_dir with a larger max_iters: same result as one long run."""
+    fixed = {"training.lr_decay_iters": 20}
+    once = tmp_path / "once"
+    train(tiny_config(data_dir, once, **fixed), quiet=True)
+    grown = tmp_path / "grown"
+    first = train(tiny_config(data_dir, grown, **fixed, **{"training.max_iters": 10}), quiet=True)
+    assert first["iters"] == 10
+    second = train(tiny_config(data_dir, grown, **fixed), quiet=True)
+    assert second["iters"] == 20
+    a, b = weights(once), weights(grown)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_sec", "ms_per_iter")} for r in rows]
+    assert strip(read_metrics(once / "metrics.jsonl"))[1:] == strip(read_metrics(grown / "metrics.jsonl"))[1:]
+    assert "max_iters: 20" in (grown / "config.yaml").read_text()  # the run directory describes the longer run
+
+
+def test_a_different_experiment_in_the_same_out_dir_is_refused(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, **{"training.max_iters": 5}), quiet=True)
+    with pytest.raises(FileExistsError, match="different experiment"):
+        train(tiny_config(data_dir, out, **{"training.max_iters": 5, "training.learning_rate": 1e-2}), quiet=True)
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, **{"training.max_iters": 10}), quiet=True)
+    before = {p.name: p.read_bytes() for p in (out / "ckpt_last").iterdir()}
+
+    from foundry.modules.loss import CrossEntropy
+    original, calls = CrossEntropy.forward, {"n": 0}
+
+    def poisoned(self, logits, targets):
+        calls["n"] += 1
+        loss = original(self, logits, targets)
+        return loss * float("nan") if calls["n"] >= 3 else loss  # the 3rd step after resuming: iteration 13
+
+    monkeypatch.setattr(CrossEntropy, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite .* iteration 13 .*intact"):
+        train(tiny_config(data_dir, out, **{"training.max_iters": 20}), quiet=True)
+    after = {p.name: p.read_bytes() for p in (out / "ckpt_last").iterdir()}
+    assert after == before
+    assert load_state(out / "ckpt_last")["iter"] == 10
+
+
+def test_gradient_accumulation_matches_the_full_batch(data_dir, tmp_path):
+    """batch 2 x 2 accumulation steps trains on the same rows as batch 4 in one step: the same run."""
+    full = train(tiny_config(data_dir, tmp_path / "full", **{"training.max_iters": 10}), quiet=True)
+    acc = train(tiny_config(data_dir, tmp_path / "acc", **{"training.max_iters": 10, "training.batch_size": 2,
+                                                           "training.gradient_accumulation_steps": 2,
+                                                           "training.eval_iters": 4}), quiet=True)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "acc")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert acc["val_loss"] == pytest.approx(full["val_loss"], rel=1e-4)
+
+
+def test_sequential_order_and_bf16_autocast_train(data_dir, tmp_path):
+    s = train(tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5, "data.order": "sequential",
+                                                         "training.dtype": "bfloat16"}), quiet=True)
+    assert math.isfinite(s["val_loss"])
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["dtype"] == "bfloat16"
+
+
+def test_loggers_are_optional_extras(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5})
+    with pytest.raises(ConfigError, match="unknown logger"):
+        train(cfg, quiet=True, loggers=("mlflow",))
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match=r"pip install -e '\.\[tensorboard\]'"):
+            train(cfg, quiet=True, loggers=("tensorboard",))
+        assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any work
+    else:
+        train(cfg, quiet=True, loggers=("tensorboard",))
+        assert any((tmp_path / "run" / "tb").iterdir())
+
+
+def test_command_line(data_dir, tmp_path, capsys):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("base_model: v1\nmodel_args: {n_layer: 1, n_head: 2, n_embd: 32, block_size: 32}\n")
+    sets = ["--set", f"data.path={data_dir}", "--set", f"out_dir={tmp_path / 'run'}", "--set", "training.max_iters=4",
+            "--set", "training.eval_interval=2", "--set", "training.log_interval=1", "--set", "training.eval_iters=1",
+            "--set", "training.batch_size=2", "--set", "training.sample_tokens=4"]
+    assert main([str(exp), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "iter      4/4" in printed and "tok/s" in printed and "ETA" in printed and "val bpb" in printed
+    assert main([str(exp), *sets, "--set", "training.max_iters=0"]) == 2
+    assert "training.max_iters: must be >= 1" in capsys.readouterr().err
