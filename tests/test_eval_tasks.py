@@ -59,7 +59,7 @@ def test_unknown_task_suggests_before_any_work():
 
 
 def test_missing_data_names_path_and_format(tmp_path, monkeypatch, capsys):
-    from tests_eval_helpers import tiny_char_model
+    from eval_helpers import tiny_char_model
 
     model, tok = tiny_char_model()
     with pytest.raises(TaskError) as e:
@@ -143,7 +143,7 @@ def test_hh_rlhf_pairs_split_at_last_shared_assistant_turn():
 
 
 def test_evaluate_on_real_data_small(tmp_path):
-    from tests_eval_helpers import tiny_char_model
+    from eval_helpers import tiny_char_model
 
     data = shared_file("mmlu/mmlu_test.jsonl").parents[1]
     model, tok = tiny_char_model(extra="0123456789()+-*/=%$")
@@ -160,7 +160,7 @@ def test_evaluate_on_real_data_small(tmp_path):
 
 # -- CLI on a saved run -------------------------------------------------------------------------------
 def test_cli_on_saved_run_and_compare(tmp_path, capsys):
-    from tests_eval_helpers import save_run, tiny_char_model
+    from eval_helpers import save_run, tiny_char_model
 
     runs = []
     for seed in (0, 1):

@@ -90,8 +90,9 @@ class LM:
         Requests whose model inputs are identical (e.g. one MMLU question with the continuations " A".." D" in a
         char-level model, where only the last token differs) share one row of the batch."""
         bs = batch_size or self.batch_size
+        L = self.max_length
         rows: dict[tuple, int] = {}        # model input ids -> row index
-        plan: list[tuple[int, list[int]] | None] = []   # per request: (row, continuation ids)
+        plan: list[list[tuple[int, list[int]]] | None] = []   # per request: [(row, target ids), ...]
         for ctx, cont in requests:
             c, k = self.encode(ctx), self.encode(cont)
             if c is None or k is None:
@@ -99,14 +100,19 @@ class LM:
                 continue
             if not c or not k:
                 raise ValueError(f"loglikelihood needs a non-empty context and continuation, got {ctx!r}, {cont!r}")
-            if len(k) > self.max_length:
-                raise ValueError(f"continuation of {len(k)} tokens exceeds the model's context of {self.max_length}")
             full = c + k
-            if len(full) - 1 > self.max_length:
+            if len(full) - 1 > L:
                 self.n_truncated += 1
-            inp = tuple(full[:-1][-self.max_length:])
-            row = rows.setdefault(inp, len(rows))
-            plan.append((row, k))
+            # A continuation longer than the context window is scored in windows (a rolling log-likelihood):
+            # each window predicts at most L/2 tokens, so each has at least L/2 tokens of left context.
+            step = len(k) if len(full) - 1 <= L else max(1, L // 2)
+            chunks, a = [], len(c)
+            while a < len(full):
+                b = min(len(full), a + step)
+                inp = tuple(full[max(0, b - 1 - L):b - 1])  # the window whose outputs end by predicting full[b-1]
+                chunks.append((rows.setdefault(inp, len(rows)), full[a:b]))
+                a = b
+            plan.append(chunks)
         inputs = list(rows)
         # each row needs, per request using it, the log-probs of its continuation at the row's last positions
         results_by_row: dict[int, torch.Tensor] = {}
@@ -121,15 +127,18 @@ class LM:
             for b, r in enumerate(chunk):
                 results_by_row[r] = logp[b, :len(inputs[r])]
         out: list[LogLik | None] = []
-        for p in plan:
-            if p is None:
+        for chunks in plan:
+            if chunks is None:
                 out.append(None)
                 continue
-            row, k = p
-            lp = results_by_row[row][-len(k):]                         # (len(k), V)
-            tgt = torch.tensor(k)
-            tok_lp = lp.gather(1, tgt[:, None]).squeeze(1)
-            out.append(LogLik(float(tok_lp.sum()), len(k), bool((lp.argmax(-1) == tgt).all())))
+            total, n, greedy = 0.0, 0, True
+            for row, k in chunks:
+                lp = results_by_row[row][-len(k):]                     # (len(k), V)
+                tgt = torch.tensor(k)
+                total += float(lp.gather(1, tgt[:, None]).sum())
+                greedy &= bool((lp.argmax(-1) == tgt).all())
+                n += len(k)
+            out.append(LogLik(total, n, greedy))
         return out
 
     # -- generation -----------------------------------------------------------------------------
