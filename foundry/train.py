@@ -296,14 +296,24 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         if st is not None:
             D.load_optimizer_state(model, optimizer, st["optimizer"], mode)
             start_iter, best_val = st["iter"], st["best_val"]
-            sampler_states = st["sampler"]
-            if len(sampler_states) != info.world_size:
-                raise ValueError(f"{ckpt} was written by {len(sampler_states)} processes and this run has "
-                                 f"{info.world_size}; resume with the same number of processes")
-            sampler.load_state_dict(sampler_states[info.rank])
-            torch.set_rng_state(st["rng_cpu"][info.rank])
-            if device.type == "cuda" and st.get("rng_cuda"):
-                torch.cuda.set_rng_state(st["rng_cuda"][info.rank])
+            saved_world = len(st["sampler"])
+            if saved_world == info.world_size:  # the exact continuation
+                sampler.load_state_dict(st["sampler"][info.rank])
+                torch.set_rng_state(st["rng_cpu"][info.rank])
+                if device.type == "cuda" and st.get("rng_cuda"):
+                    torch.cuda.set_rng_state(st["rng_cuda"][info.rank], device)
+            else:
+                # another process count: the built-in samplers' row counter is global, so the data order
+                # continues exactly; only the dropout streams are reseeded
+                state = dict(st["sampler"][0])
+                if state.get("kind") not in ("random", "sequential"):
+                    raise ValueError(f"{ckpt} was written by {saved_world} processes and this run has "
+                                     f"{info.world_size}; a {state.get('kind')!r} sampler can only resume with "
+                                     f"the same number of processes")
+                sampler.load_state_dict(state)
+                torch.manual_seed(tc.seed + info.rank + 7919 * start_iter)
+                say(f"note: checkpoint written by {saved_world} process(es), resuming with {info.world_size}: "
+                    f"data order continues exactly, dropout streams are reseeded")
             if main:
                 truncate_metrics(out / "metrics.jsonl", start_iter)
                 write_text_atomic(out / "config.yaml", cfg.to_yaml())  # an extended run records its new max_iters
