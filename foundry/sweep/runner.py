@@ -218,6 +218,7 @@ class Sweep:
         self.sweep_id = f"{self.out.name}-{hashlib.sha1(str(self.out.resolve()).encode()).hexdigest()[:8]}"
         self.store = Store(opts.store)  # default: $FOUNDRY_STORE or runs/foundry.sqlite
         self.code = code_version()
+        self._executor = None
         self.state = self._load_state()
 
     # ---- state: identity, base, resolved iterations ----------------------------------------------
@@ -313,7 +314,10 @@ class Sweep:
         for s in todo:  # a halving rung continues a finished run: its wall time so far carries over
             row = self.store.get(s["id"])
             s["wall_before"] = (row["wall_seconds"] or 0.0) if row and row["status"] == "done" else 0.0
-        ex = make_executor(self.opts.executor, self.opts.jobs, self.threads, self.out, self.opts.cluster)
+        if self._executor is None:  # one pool for the whole sweep: workers import torch once
+            self._executor = make_executor(self.opts.executor, self.opts.jobs, self.threads, self.out,
+                                           self.opts.cluster)
+        ex = self._executor
         handles = {s["id"]: ex.submit(s) for s in todo}
         live = {s["id"]: s for s in todo}
         last_print, last_done = 0.0, -1
@@ -350,8 +354,8 @@ class Sweep:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             ex.shutdown(wait=False)
+            self._executor = None
             raise
-        ex.shutdown()
 
     def progress_table(self, specs: list[dict]) -> str:
         rows = [f"{'trial':<28} {'status':<8} {'iter':>11} {'loss':>7} {'val_bpb':>8}"]
@@ -538,6 +542,9 @@ class Sweep:
         return str(path)
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
         self.store.close()
         self._lock.close()
 

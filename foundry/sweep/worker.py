@@ -31,6 +31,8 @@ def init_worker() -> None:
     _die_with_parent()
     # Ctrl-C goes to the whole process group: the sweep process handles it; workers just die with it.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # import torch and the model code once per worker, before the first trial's clock starts
+    import foundry.checkpoint, foundry.data.dataset, foundry.model, foundry.optim, foundry.train  # noqa: F401,E401
 
 
 def eval_curve(metrics_path: Path) -> dict[int, float]:
