@@ -117,16 +117,22 @@ class StridedConfig:
 class MLAConfig:
     """Multi-head latent attention (DeepSeek-V2, 2024): K/V come from a `kv_rank` latent; a decoupled RoPE key of
     `rope_head_dim` is shared across heads. The KV cache stores the latent plus the RoPE key only.
-    `q_rank` 0 means queries are not compressed."""
+    `q_rank` 0 means queries are not compressed. `rope_head_dim` None: a third of the head size, rounded down
+    to even (DeepSeek-V2's 64 of 192); it is used only with a rotary position (rope, hybrid)."""
     kv_rank: int = 32
     q_rank: int = 0
-    rope_head_dim: int = 8
+    rope_head_dim: Optional[int] = None
+
+    def rope_dim(self, head_dim: int) -> int:
+        if self.rope_head_dim is not None:
+            return self.rope_head_dim
+        return max(2, head_dim // 3 // 2 * 2)
 
     def check(self, p: str) -> None:
         _require(self.kv_rank >= 1, p + ".kv_rank", "must be >= 1")
         _require(self.q_rank >= 0, p + ".q_rank", "must be >= 0 (0 = no query compression)")
-        _require(self.rope_head_dim >= 0 and self.rope_head_dim % 2 == 0, p + ".rope_head_dim",
-                 "must be an even number >= 0")
+        _require(self.rope_head_dim is None or (self.rope_head_dim >= 0 and self.rope_head_dim % 2 == 0),
+                 p + ".rope_head_dim", "must be an even number >= 0, or null (a third of the head size)")
 
 
 @dataclass(frozen=True)
@@ -247,10 +253,11 @@ class ModelConfig:
             if rotary:
                 # DeepSeek-V2: RoPE cannot act on keys expanded from the latent, so it rotates a separate
                 # key of mla.rope_head_dim channels; rope.fraction has no meaning there
-                _require(2 <= self.mla.rope_head_dim < self.head_dim, p + ".mla.rope_head_dim",
+                dr = self.mla.rope_dim(self.head_dim)
+                _require(2 <= dr < self.head_dim, p + ".mla.rope_head_dim",
                          f"attention 'mla' with position {self.position!r} rotates a decoupled key of "
                          f"mla.rope_head_dim channels, which must be in [2, head size {self.head_dim}) "
-                         f"(got {self.mla.rope_head_dim}); or use position 'nope', 'alibi' or 'learned'")
+                         f"(got {dr}); or use position 'nope', 'alibi' or 'learned'")
                 _require(self.rope.fraction == 1.0, p + ".rope.fraction",
                          f"attention 'mla' rotates only its decoupled key (mla.rope_head_dim), so rope.fraction "
                          f"does not apply; leave it at 1 (got {self.rope.fraction})")

@@ -33,6 +33,16 @@ TINY = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=T, vocab_size=V, b
                    moe=MoEConfig(n_experts=4, top_k=2, capacity_factor=1.25, aux_loss_coef=0.01))
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~100x slower
+    (OpenMP barriers spin while their cores are taken)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def make_cfg(**kw) -> ModelConfig:
     return dataclasses.replace(TINY, **kw)
 
@@ -211,7 +221,7 @@ def test_invalid_combinations_are_refused_with_the_reason(overrides, words):
 def test_invalid_combination_refused_at_load_from_yaml(tmp_path):
     from foundry.config import load_experiment
     p = tmp_path / "exp.yaml"
-    p.write_text("model_args: {attention: mla, position: rope, n_embd: 32, n_head: 4}\n")
+    p.write_text("model_args: {attention: mla, position: rope, n_embd: 32, n_head: 4, mla: {rope_head_dim: 8}}\n")
     with pytest.raises(ConfigError, match="rope_head_dim"):
         load_experiment(p)
 

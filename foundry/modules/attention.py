@@ -280,7 +280,7 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         m = cfg.mla
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         self.n_kv_head = cfg.n_head
-        self.rope_dim = m.rope_head_dim if cfg.position in ("rope", "hybrid") else 0
+        self.rope_dim = m.rope_dim(cfg.head_dim) if cfg.position in ("rope", "hybrid") else 0
         self.nope_dim = self.head_dim - self.rope_dim
         self.kv_rank, self.theta = m.kv_rank, cfg.rope.theta
         C, nh, hs = cfg.n_embd, self.n_head, self.head_dim
