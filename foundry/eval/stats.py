@@ -16,11 +16,14 @@ from typing import Sequence
 def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     if n == 0:
         return (0.0, 1.0)
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k} n={n}")
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if k == 0 else lo, 1.0 if k == n else hi)   # exact ends: rounding must not exclude them
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
