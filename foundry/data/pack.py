@@ -15,7 +15,9 @@ the first row with room is found in O(log R) with a max segment tree over the ro
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,8 +103,7 @@ class Packed:
                 "split_long": self.split, "dropped_long": self.dropped}
 
     def save(self, path) -> None:
-        from foundry.config import write_text_atomic  # noqa: F401  (atomic writes live there)
-        import os
+        """An .npz of the four arrays and the report, written atomically (temporary file, then rename)."""
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez_compressed(tmp, tokens=self.tokens, targets=self.targets, positions=self.positions,
                             doc_ids=self.doc_ids, report=json.dumps(self.report()))
@@ -171,7 +172,7 @@ def pack_jsonl_command(args) -> dict:
     from foundry.data.prepare import Source, _check_not_binary, _records
     from foundry.data.tokenize import tokenizer_from_spec
 
-    src = Source(__import__("pathlib").Path(args.input), "jsonl")
+    src = Source(Path(args.input), "jsonl")
     if not src.path.is_file():
         raise FileNotFoundError(f"--input {args.input}: no such file")
     _check_not_binary(src)
