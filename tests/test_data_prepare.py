@@ -226,12 +226,18 @@ def test_invalid_utf8_policy(tmp_path, capsys, no_encoding):
 
 
 def test_invalid_utf8_replaced_when_asked(tmp_path):
-    (tmp_path / "u.txt").write_bytes(b"good text\n" * 3 + b"bad \xff\xfe byte\n")
+    # a genuine U+FFFD in the file is kept and not counted as a replacement
+    (tmp_path / "u.txt").write_bytes(b"good text \xef\xbf\xbd\n" * 3 + b"bad \xff\xfe byte\n")
     meta = prep.prepare([tmp_path / "u.txt"], "char", tmp_path / "o", errors="replace", log=lambda *a: None,
                         workers=1)
-    assert meta["replaced_bytes"] == 2 and meta["utf8_errors"] == "replace"
+    assert meta["replaced_sequences"] == 2 and meta["utf8_errors"] == "replace"
     d = load_data(tmp_path / "o")
-    assert d.tokenizer.decode(np.concatenate([d.train, d.val]).tolist()).endswith("bad \ufffd\ufffd byte\n")
+    text = d.tokenizer.decode(np.concatenate([d.train, d.val]).tolist())
+    assert text == "good text \ufffd\n" * 3 + "bad \ufffd\ufffd byte\n"
+    (tmp_path / "r.jsonl").write_bytes(b'{"text": "a \xff b \xef\xbf\xbd"}\n')
+    meta = prep.prepare([tmp_path / "r.jsonl"], "char", tmp_path / "o2", errors="replace", val_fraction=0.5,
+                        log=lambda *a: None, workers=1)
+    assert meta["replaced_sequences"] == 1
 
 
 def test_bad_jsonl_line_names_file_and_line(tmp_path, capsys, no_encoding):

@@ -30,7 +30,7 @@ def _add_prepare(sub) -> None:
                    help="the last fraction of the token stream, contiguous, validates (default 0.1)")
     p.add_argument("--errors", choices=("strict", "replace"), default="strict",
                    help="invalid UTF-8: 'strict' (default) stops with the file and byte offset; 'replace' puts "
-                        "U+FFFD for each bad byte and counts them in meta.json")
+                        "U+FFFD for each invalid sequence and counts them in meta.json")
     p.add_argument("--workers", type=int, default=None, help="encoding processes (default: every core)")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
 

@@ -15,7 +15,7 @@ when it has one (BPE), nothing otherwise (char). The last `val_fraction` of the 
 
 Bad input fails before any encoding, with the file (and line or byte offset): no input or no text, a binary file
 (a NUL byte in its first 8 KiB), invalid UTF-8 (policy: an error unless errors="replace", which puts U+FFFD for
-each bad byte and counts them in meta.json), a JSONL line that is not a JSON object or lacks the field.
+each invalid sequence, as Python's "replace" does, and counts them in meta.json), a JSONL line that is not a JSON object or lacks the field.
 
 Output (written into a temporary sibling directory and renamed into place, so a failure leaves nothing):
     meta.json       format, tokenizer, tokenizer_type, vocab_size, dtype, train_tokens, val_tokens, train_bytes,
@@ -71,7 +71,7 @@ class Scan:
     chars: int = 0
     bytes: int = 0
     alphabet: set = field(default_factory=set)
-    replaced: int = 0          # invalid UTF-8 bytes replaced (errors="replace")
+    replaced: int = 0          # U+FFFD put in for invalid UTF-8 sequences (errors="replace")
     empty_records: int = 0     # JSONL records whose text is empty (skipped)
     sha256: str = ""
 
@@ -126,9 +126,13 @@ def _check_not_binary(src: Source) -> None:
                         f"give text or JSONL files only")
 
 
-def _text_blocks(src: Source, errors: str):
-    """Decoded text of a file in blocks; invalid UTF-8 raises with the byte offset (errors='strict')."""
-    dec = codecs.getincrementaldecoder("utf-8")(errors="strict")
+def _text_blocks(src: Source, errors: str, stats: dict | None = None):
+    """Decoded text of a file in blocks; invalid UTF-8 raises with the byte offset (errors='strict') or becomes
+    U+FFFD (errors='replace'; stats["replaced"] counts the replacement characters put in)."""
+    dec = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    # a second decoder that drops bad bytes: the difference in U+FFFD counts is what "replace" inserted
+    # (a U+FFFD present in the file itself is counted by neither)
+    ign = codecs.getincrementaldecoder("utf-8")(errors="ignore") if errors == "replace" else None
     offset = 0
     with _open(src.path) as f:
         while True:
@@ -137,12 +141,12 @@ def _text_blocks(src: Source, errors: str):
             try:
                 text = dec.decode(raw, final=final)
             except UnicodeDecodeError as e:
-                if errors == "strict":
-                    raise DataError(f"{src.path}: invalid UTF-8 at byte {offset + e.start} "
-                                    f"({raw[e.start:e.start + 4]!r}); fix the file, or pass --errors replace "
-                                    f"to put U+FFFD for each bad byte") from None
-                dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                text = dec.decode(raw, final=final)
+                raise DataError(f"{src.path}: invalid UTF-8 at byte {offset + e.start} "
+                                f"({raw[e.start:e.start + 4]!r}); fix the file, or pass --errors replace "
+                                f"to put U+FFFD for each bad sequence") from None
+            if ign is not None and stats is not None:
+                stats["replaced"] = stats.get("replaced", 0) + text.count("\ufffd") - \
+                    ign.decode(raw, final=final).count("\ufffd")
             offset += len(raw)
             if text:
                 yield text
@@ -150,9 +154,9 @@ def _text_blocks(src: Source, errors: str):
                 return
 
 
-def _paragraphs(src: Source, errors: str):
+def _paragraphs(src: Source, errors: str, stats: dict | None = None):
     carry = ""
-    for block in _text_blocks(src, errors):
+    for block in _text_blocks(src, errors, stats):
         carry += block
         cut = None
         for m in _PARAGRAPH.finditer(carry):
@@ -201,7 +205,8 @@ def _records(src: Source, fields: list[str], errors: str):
                     raise DataError(f"{src.path}:{lineno}: field {name!r} is {type(rec[name]).__name__}, "
                                     f"not a string")
                 parts.append(rec[name])
-            yield "\n".join(parts), line.count("\ufffd") - line.count("\\ufffd") if errors == "replace" else 0
+            replaced = line.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd") if errors == "replace" else 0
+            yield "\n".join(parts), replaced
 
 
 def iter_documents(sources: list[Source], fields: list[str], errors: str = "strict"):
@@ -230,15 +235,15 @@ def scan(sources: list[Source], fields: list[str], errors: str = "strict") -> Sc
     h = hashlib.sha256()
     for src in sources:
         if src.kind == "text":
-            for para in _paragraphs(src, errors):
+            stats: dict = {}
+            for para in _paragraphs(src, errors, stats):
                 sc.documents += 1
                 sc.alphabet.update(para)
                 sc.chars += len(para)
                 b = para.encode("utf-8")
                 sc.bytes += len(b)
                 h.update(b)
-                if errors == "replace":
-                    sc.replaced += para.count("\ufffd")
+            sc.replaced += stats.get("replaced", 0)
         else:
             for text, replaced in _records(src, fields, errors):
                 if not text:
@@ -373,7 +378,7 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
     # ---- pass 1: check and count everything ------------------------------------------------------
     sc = scan(sources, fields, errors)
     log(f"read {len(sources)} file(s): {sc.documents:,} documents, {sc.chars:,} characters, {sc.bytes:,} bytes"
-        + (f", {sc.replaced} invalid UTF-8 bytes replaced" if sc.replaced else ""))
+        + (f", {sc.replaced} invalid UTF-8 sequences replaced by U+FFFD" if sc.replaced else ""))
 
     # ---- the tokenizer ---------------------------------------------------------------------------
     from foundry.data.tokenize import BPETokenizer, CharTokenizer, load_tokenizer
@@ -453,7 +458,7 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
             "inputs": [str(s.path) for s in sources],
             "field": field,
             "utf8_errors": errors,
-            "replaced_bytes": sc.replaced,
+            "replaced_sequences": sc.replaced,
             "empty_records_skipped": sc.empty_records,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
