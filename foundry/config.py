@@ -602,28 +602,40 @@ _LOADED_PLUGINS: set[str] = set()
 
 
 def load_plugins(plugins: list[str]) -> None:
-    """Import user plugin modules (a dotted module name or a .py file) that register their own variants."""
+    """Import user plugin modules (a dotted module name or a .py file, relative to the working directory) that
+    register their own variants. Each is imported once per process (a file however it is spelt); a plugin that
+    fails to import raises ConfigError naming the plugin, the error and the plugin's line where it happened."""
     import importlib
     import importlib.util
+    import sys
+    import traceback
 
     for spec in plugins:
         if spec in _LOADED_PLUGINS:
             continue
+        module_name = None
         try:
             if spec.endswith(".py") or os.sep in spec or "/" in spec:
                 p = Path(spec)
                 if not p.is_file():
-                    raise FileNotFoundError(f"no such file {p}")
-                name = "foundry_plugin_" + hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
-                mod_spec = importlib.util.spec_from_file_location(name, p)
-                module = importlib.util.module_from_spec(mod_spec)
-                import sys
-                sys.modules[name] = module
-                mod_spec.loader.exec_module(module)
+                    raise FileNotFoundError(f"no such file {p} (relative to the working directory {Path.cwd()})")
+                module_name = "foundry_plugin_" + hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:10]
+                if module_name not in sys.modules:  # the same file under another spelling: already imported
+                    mod_spec = importlib.util.spec_from_file_location(module_name, p)
+                    module = importlib.util.module_from_spec(mod_spec)
+                    sys.modules[module_name] = module
+                    mod_spec.loader.exec_module(module)
             else:
                 importlib.import_module(spec)
         except Exception as e:  # noqa: BLE001 - any failure in user code is reported with its name
-            raise ConfigError(f"plugins: plugin {spec!r} failed to load: {type(e).__name__}: {e}") from e
+            if module_name is not None:
+                sys.modules.pop(module_name, None)
+            where = ""
+            frames = [f for f in traceback.extract_tb(e.__traceback__)
+                      if "importlib" not in f.filename and f.filename != __file__]
+            if frames and not isinstance(e, SyntaxError):
+                where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+            raise ConfigError(f"plugins: plugin {spec!r} failed to load: {type(e).__name__}: {e}{where}") from e
         _LOADED_PLUGINS.add(spec)
 
 
