@@ -30,8 +30,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-
 from foundry.config import ConfigError, ExperimentConfig, load_experiment, write_text_atomic
 
 
@@ -123,6 +121,8 @@ class ExtraLoggers:
 # Device, precision, throughput
 # --------------------------------------------------------------------------------------------------
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -137,6 +137,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: bf16 autocast on CUDA cards that support it; fp32 on CPU, where bf16 was measured slower on
     this project's CPUs (AVX2, no AVX512-BF16/AMX: bench/bench_train.py --bf16 shows ~2x slower steps)."""
+    import torch
+
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -145,6 +147,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype):
+    import torch
+
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -157,6 +161,8 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     """The card's peak for MFU; FOUNDRY_PEAK_FLOPS overrides (e.g. for a CPU), None when unknown."""
+    import torch
+
     if os.environ.get("FOUNDRY_PEAK_FLOPS"):
         return float(os.environ["FOUNDRY_PEAK_FLOPS"])
     if device.type != "cuda":
@@ -176,12 +182,13 @@ def fmt_eta(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
     """Validation loss (nats/token, plain cross-entropy) and bits per byte over a fixed, declared set of
     windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split
     (all of it when shorter). Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens,
     so runs with different tokenizers compare."""
+    import torch
+
     from foundry.data.dataset import eval_batches
 
     T, B = cfg.model_args.block_size, cfg.training.batch_size
@@ -193,7 +200,7 @@ def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
     total_tokens = 0
     for x, y in eval_batches(data.val, T, cfg.training.eval_iters * B, B):
         x, y = x.to(device), y.to(device)
-        with ctx:
+        with ctx, torch.no_grad():
             logits = model(x)
         nats = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                                  reduction="sum")
@@ -217,6 +224,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
 
     Re-running into an out_dir that holds a checkpoint of the same experiment continues it (max_iters may
     be larger: the run is extended). Under torchrun every process calls this; rank 0 alone writes."""
+    import torch
+
     import yaml
 
     from foundry import distributed as D
