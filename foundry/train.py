@@ -30,6 +30,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+# No `import torch` up here: torch takes seconds to import, and a bad experiment must be refused in well under
+# one (tests/test_config.py::test_cli_refuses_bad_config_fast_and_names_the_key). Functions import it.
 from foundry.config import ConfigError, ExperimentConfig, load_experiment, write_text_atomic
 
 
