@@ -53,6 +53,29 @@ def test_strict_task_yaml(tmp_path):
         load_task_dir(tmp_path)
 
 
+def test_unknown_options_fail_with_a_suggestion_before_any_work():
+    from foundry.config import ModelConfig
+    from foundry.eval.runners import RUNNERS, check_options, import_builtin_runners
+
+    import_builtin_runners()
+    for n in task_names():  # every built-in task's own options are valid
+        check_options(get_task(n), RUNNERS.get(get_task(n).kind), {})
+    with pytest.raises(TaskError, match="did you mean 'score'"):
+        evaluate("no/such/run", ["mmlu"], options={"mmlu": {"scor": "letter"}})
+    with pytest.raises(TaskError, match="did you mean 'n_pairs'"):
+        evaluate(ModelConfig(), ["probe_mqar"], options={"probe_mqar": {"n_pair": 3}})
+
+
+def test_mmlu_limit_covers_every_subject():
+    from foundry.eval.mmlu import interleave_subjects
+
+    recs = [{"subject": s, "i": i} for s in ("b", "a", "c") for i in range(3)] + [{"subject": "a", "i": 3}]
+    order = interleave_subjects(recs)
+    assert [r["subject"] for _, r in order[:3]] == ["a", "b", "c"]
+    assert sorted(i for i, _ in order) == list(range(len(recs)))
+    assert [r["i"] for _, r in order if r["subject"] == "a"] == [0, 1, 2, 3]
+
+
 def test_unknown_task_suggests_before_any_work():
     with pytest.raises(TaskError, match="did you mean 'mmlu'"):
         evaluate("no/such/run", ["mmlu", "mmmlu"])

@@ -47,7 +47,7 @@ def evaluate(target, tasks, *, limit: int | None = None, num_fewshot: int | None
              device: str = "cpu", data_dir=None, batch_size: int = 16, allow_code_execution: bool = False,
              seed: int = 1234, options: dict | None = None, log=None) -> dict[str, dict]:
     """Run `tasks` on `target`; return {task_name: summary} (see the module docstring)."""
-    from foundry.eval.runners import RUNNERS, EvalContext, import_builtin_runners
+    from foundry.eval.runners import RUNNERS, EvalContext, check_options, import_builtin_runners
 
     specs = [get_task(n) for n in _split(tasks)]              # unknown names fail here, before any loading
     if limit is not None and limit < 1:
@@ -57,7 +57,7 @@ def evaluate(target, tasks, *, limit: int | None = None, num_fewshot: int | None
         get_task(name)
     import_builtin_runners()
     for s in specs:
-        RUNNERS.get(s.kind)
+        check_options(s, RUNNERS.get(s.kind), options.get(s.name, {}))
         if s.kind == "humaneval" and not allow_code_execution:
             from foundry.eval.humaneval import OPT_IN
             raise TaskError(OPT_IN)

@@ -45,6 +45,10 @@ def to_pair(r: dict) -> tuple[str, str, str] | None:
 class PairwiseRunner:
     """options: normalize ('sum' | 'mean' over continuation tokens)."""
 
+    @staticmethod
+    def allowed_options(opts: dict) -> tuple:
+        return ("normalize",)
+
     def run(self, spec, lm, ctx: EvalContext):
         norm = {**spec.options, **ctx.options}.get("normalize", "sum")
         path = find_file(spec, spec.data, ctx.data_dir)

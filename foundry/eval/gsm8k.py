@@ -55,6 +55,10 @@ def gold_answer(answer: str) -> str:
 class GSM8KRunner:
     """options: fewshot_order ('first' = the pool in file order, as the CoT exemplars; 'random' = a seeded sample)."""
 
+    @staticmethod
+    def allowed_options(opts: dict) -> tuple:
+        return ("fewshot_order",)
+
     def run(self, spec, lm, ctx: EvalContext):
         path = find_file(spec, spec.data, ctx.data_dir)
         records = read_records(path)

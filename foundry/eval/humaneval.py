@@ -100,6 +100,10 @@ class HumanEvalRunner:
     """options: n_samples (per problem, default 1), temperature (0 = greedy), ks (pass@k to report),
     timeout (wall seconds per program), workers (parallel children; default the CPU count)."""
 
+    @staticmethod
+    def allowed_options(opts: dict) -> tuple:
+        return ("n_samples", "temperature", "ks", "timeout", "workers")
+
     def run(self, spec, lm, ctx: EvalContext):
         if not ctx.allow_code_execution:
             raise TaskError(OPT_IN)

@@ -7,7 +7,8 @@ tokenizer (`encode`, `decode`, `vocab_size`):
 
 Text the tokenizer cannot encode (a character outside a char-level alphabet) is never silently altered:
 `encode` returns None and each task scores that item as wrong and counts it (`n_unencodable`).
-Inputs longer than the model's context are cut from the left (as lm-evaluation-harness does) and counted.
+Inputs longer than the model's context are cut from the left (as lm-evaluation-harness does) and counted;
+generation takes at most half the context, so a small model's prompt keeps its question.
 """
 from __future__ import annotations
 
@@ -151,8 +152,9 @@ class LM:
         from foundry.model import sample_next
 
         bs = batch_size or self.batch_size
-        max_new_tokens = min(max_new_tokens, self.max_length - 1)
-        keep = self.max_length - max_new_tokens        # room left for the prompt
+        # a small context keeps at least half of itself for the prompt (its end: the question being asked)
+        max_new_tokens = max(1, min(max_new_tokens, self.max_length // 2))
+        keep = self.max_length - max_new_tokens
         enc = []
         for p in prompts:
             ids = self.encode(p)

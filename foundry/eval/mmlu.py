@@ -5,7 +5,8 @@ The prompt is lm-evaluation-harness's: "The following are multiple choice questi
 \nAnswer:". The prediction is the choice whose continuation (" A".." D", or with option `score: choice_text`
 the choice's own text) is most likely. A tie shares the credit (1/#tied if the gold is among them), so a scorer
 that cannot tell the choices apart scores exactly chance. Reported: accuracy over all items (size-weighted),
-the macro average over subjects, and each subject's accuracy.
+the macro average over subjects, and each subject's accuracy. `--limit N` takes N questions round-robin over
+the subjects (every subject represented), not the first N of the file.
 """
 from __future__ import annotations
 
@@ -45,6 +46,20 @@ def credit(scores: list[float | None], gold: int) -> float:
     return 1.0 / len(top) if gold in top else 0.0
 
 
+def interleave_subjects(records: list[dict]) -> list[tuple[int, dict]]:
+    """(index, record) in round-robin order over subjects (each subject in file order), so that `--limit N`
+    covers every subject rather than the first one alphabetically."""
+    by = defaultdict(list)
+    for i, r in enumerate(records):
+        by[r["subject"]].append((i, r))
+    queues = [by[s] for s in sorted(by)]
+    out, depth = [], 0
+    while len(out) < len(records):
+        out += [q[depth] for q in queues if depth < len(q)]
+        depth += 1
+    return out
+
+
 def summarize(spec, rows: list[dict], subjects: list[str]) -> dict:
     per = defaultdict(list)
     for r, s in zip(rows, subjects):
@@ -61,6 +76,10 @@ class MMLURunner:
     """options: score ('letter' = log p(" A".." D"); 'choice_text' = log p(" " + choice text)),
     normalize ('none' | 'chars': divide by the continuation's length in characters, lm-eval's acc_norm)."""
 
+    @staticmethod
+    def allowed_options(opts: dict) -> tuple:
+        return ("score", "normalize")
+
     def run(self, spec, lm, ctx: EvalContext):
         opts = {**spec.options, **ctx.options}
         mode, norm = opts.get("score", "letter"), opts.get("normalize", "none")
@@ -73,7 +92,7 @@ class MMLURunner:
             dev_path = find_file(spec, spec.fewshot, ctx.data_dir, what="few-shot (dev)")
             for r in read_records(dev_path):
                 dev[r["subject"]].append(r)
-        items = limited(list(enumerate(records)), ctx)
+        items = limited(interleave_subjects(records), ctx)
         requests, spans = [], []
         for i, r in items:
             if k and len(dev[r["subject"]]) < k:

@@ -185,6 +185,13 @@ class ProbeRunner:
     """options: probe (mqar | copy | arithmetic), the probe's own sizes, and steps, batch_size, lr,
     weight_decay, test_size, seed, ablation (training protocol)."""
 
+    @staticmethod
+    def allowed_options(opts: dict) -> tuple:
+        import inspect
+
+        probe = PROBES.get(opts.get("probe", ""))   # unknown probe: "did you mean"
+        return ("probe", *PROBE_TRAIN_KEYS, *inspect.signature(probe.__init__).parameters.keys() - {"self"})
+
     def run(self, spec, lm, ctx: EvalContext):
         opts = {**spec.options, **ctx.options}
         name = opts.pop("probe")

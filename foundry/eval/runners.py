@@ -54,6 +54,18 @@ def accuracy_summary(spec, items: list[dict], **extra) -> dict:
     return out
 
 
+def check_options(spec, runner, overrides: dict) -> None:
+    """Unknown option keys (in the YAML or a --option override) fail with a suggestion, before any work."""
+    from foundry.eval.spec import TaskError
+    from foundry.registry import suggest
+
+    allowed = runner.allowed_options({**spec.options, **overrides})
+    for key in {**spec.options, **overrides}:
+        if key not in allowed:
+            raise TaskError(f"task {spec.name}: unknown option {key!r}{suggest(key, allowed)} "
+                            f"(valid: {', '.join(sorted(allowed))}; from {spec.source} or --option)")
+
+
 def import_builtin_runners() -> None:
     """Import the modules that register the built-in kinds (kept lazy so `--list` stays instant)."""
     from foundry.eval import constitution, gsm8k, humaneval, mmlu, probes  # noqa: F401

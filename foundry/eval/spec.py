@@ -77,13 +77,14 @@ def parse_spec(raw: dict, source: str) -> TaskSpec:
     return spec
 
 
-def load_task_dir(folder) -> dict[str, TaskSpec]:
-    """Every `*.yaml` task in a folder (a Path or an importlib Traversable), by name; duplicate names fail."""
+def load_task_dir(folder, label: str | None = None) -> dict[str, TaskSpec]:
+    """Every `*.yaml` task in a folder (a Path or an importlib Traversable), by name; duplicate names fail.
+    `label` names the folder in messages (default: its path)."""
     specs: dict[str, TaskSpec] = {}
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if not entry.name.endswith(".yaml"):
             continue
-        src = f"foundry/eval/tasks/{entry.name}" if not isinstance(folder, Path) else str(entry)
+        src = f"{label}/{entry.name}" if label else str(entry)
         try:
             raw = yaml.safe_load(entry.read_text())
         except yaml.YAMLError as e:
@@ -102,7 +103,7 @@ def all_tasks() -> dict[str, TaskSpec]:
     """The built-in tasks (foundry/eval/tasks/*.yaml), loaded once."""
     global _TASKS
     if _TASKS is None:
-        _TASKS = load_task_dir(resources.files("foundry.eval").joinpath("tasks"))
+        _TASKS = load_task_dir(resources.files("foundry.eval").joinpath("tasks"), "foundry/eval/tasks")
     return _TASKS
 
 

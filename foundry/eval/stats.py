@@ -66,7 +66,7 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_boot: int = 2000,
         raise ValueError(f"paired scores must be non-empty with equal lengths, got {len(a)} and {len(b)}")
     d = [float(x) - float(y) for x, y in zip(a, b)]
     n, rng = len(d), random.Random(seed)
-    means = sorted(sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    means = sorted(sum(rng.choices(d, k=n)) / n for _ in range(n_boot))
     return {"mean_diff": sum(d) / n, "ci95": (means[int(0.025 * n_boot)], means[int(0.975 * n_boot) - 1]),
             "p_b_ge_a": sum(1 for m in means if m <= 0) / n_boot}
 
