@@ -1,0 +1,41 @@
+"""bench/bench_variants.py runs (tiny sizes, in process) and reports every column for the variants asked for."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_variants", REPO / "bench" / "bench_variants.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_variants_tiny(tmp_path, capsys):
+    import json
+    bench = load_bench()
+    out = tmp_path / "rows.json"
+    assert bench.main(["--layers", "1", "--width", "32", "--heads", "2", "--seq", "16", "--batch", "2",
+                       "--reps", "1", "--threads", "1", "--in-process", "--json", str(out),
+                       "--only", "attention:mla,attention:gqa,mlp:moe,loss:focal,norm_placement:sandwich"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["family"], r["name"]) for r in rows] == [
+        ("baseline", "v1"), ("attention", "mla"), ("attention", "gqa"), ("mlp", "moe"), ("loss", "focal"),
+        ("norm_placement", "sandwich"), ("baseline", "v1")]
+    by = {r["name"]: r for r in rows}
+    assert by["v1"]["kv_bytes_per_token"] == 1 * 2 * 32 * 4          # one layer, K and V, 32 wide, fp32
+    assert by["gqa"]["kv_bytes_per_token"] == by["v1"]["kv_bytes_per_token"] // 2
+    assert by["mla"]["kv_bytes_per_token"] == 32 * 4                 # kv_rank 32, no rope key with learned positions
+    assert by["moe"]["params"] > by["v1"]["params"]
+    assert all(r["ms"] > 0 and r["peak_mb"] >= 0 for r in rows)
+    table = capsys.readouterr().out
+    assert "| attention | mla |" in table and "Command: `python bench/bench_variants.py" in table
+
+
+def test_bench_refuses_unknown_variant():
+    bench = load_bench()
+    with pytest.raises(SystemExit):
+        bench.main(["--only", "attention:nope_not_real", "--in-process"])
