@@ -66,3 +66,16 @@ def test_probe_task_through_evaluate(tmp_path):
     assert s["n"] == 32 and s["chance"] == pytest.approx(1 / 8) and s["metric"] == "acc"
     with pytest.raises(Exception, match="probe tasks only"):
         evaluate(TINY, ["mmlu"])
+
+
+def test_probe_tasks_declare_the_chance_their_probe_computes():
+    from foundry.eval import get_task, task_names
+    from foundry.eval.probes import PROBE_TRAIN_KEYS
+
+    for name in task_names():
+        spec = get_task(name)
+        if spec.kind != "probe":
+            continue
+        opts = {k: v for k, v in spec.options.items() if k not in PROBE_TRAIN_KEYS and k != "probe"}
+        probe = PROBES.get(spec.options["probe"])(**opts)
+        assert spec.chance == pytest.approx(probe.chance, abs=1e-3), name

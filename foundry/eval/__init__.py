@@ -15,7 +15,7 @@ target: a run directory, a checkpoint directory, a zoo model name (once the zoo 
         or, for probe tasks only, a `ModelConfig` (probes train the architecture from scratch).
 tasks:  task names (a str with commas is split). Unknown names fail with "did you mean", before any work.
 out_dir: where `<task>.jsonl` (one line per item, with a stable `id`) and `results.json` go; default the
-        run's `eval/` folder when target is a path, else a new temporary folder. Files are written atomically.
+        run's `eval/` folder when target is a run or checkpoint directory, else a new temporary folder. Files are written atomically.
 options: per-task option overrides, {task_name: {key: value}} (e.g. {"mmlu": {"score": "choice_text"}}).
 
 Every summary holds `chance` beside `score`; two models' item files compare with
@@ -76,8 +76,8 @@ def evaluate(target, tasks, *, limit: int | None = None, num_fewshot: int | None
         model_cfg = getattr(model, "cfg", None)
 
     if out_dir is None:
-        out_dir = Path(target) / "eval" if isinstance(target, (str, os.PathLike)) else Path(
-            tempfile.mkdtemp(prefix="foundry-eval-"))
+        is_path = isinstance(target, (str, os.PathLike)) and Path(target).is_dir()
+        out_dir = Path(target) / "eval" if is_path else Path(tempfile.mkdtemp(prefix="foundry-eval-"))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
