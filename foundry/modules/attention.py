@@ -320,6 +320,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         Tk = c.shape[1]
         kv = self.kv_up(c).view(B, Tk, nh, self.nope_dim + hs).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, hs], dim=-1)                 # (B, nh, Tk, hs - dr), (B, nh, Tk, hs)
+        # a copy: v starts (hs - dr) numbers into each row, which SDPA's memory-efficient CUDA kernel reads
+        # misaligned when that is not a multiple of 16 bytes (torch 2.11, H200: "misaligned address")
+        v = v.contiguous()
         k = torch.cat((k_nope, k_rope[:, None].expand(B, nh, Tk, dr)), dim=-1) if dr else k_nope
         if self.qk_norm:
             q, k = rms_norm_heads(q), rms_norm_heads(k)
