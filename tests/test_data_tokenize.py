@@ -132,6 +132,7 @@ def test_pretrained_hf_tokenizer_json_from_a_checkpoint_dir(tmp_path):
     hf.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=350, special_tokens=["<|endoftext|>"],
                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                          show_progress=False))
+    hf.add_tokens(["<custom>"])  # a plain (not special) added token stands for its own text
     ckpt = tmp_path / "gpt2-like"
     ckpt.mkdir()
     hf.save(str(ckpt / "tokenizer.json"))
@@ -142,6 +143,9 @@ def test_pretrained_hf_tokenizer_json_from_a_checkpoint_dir(tmp_path):
     assert tok.encode("hello there") == hf.encode("hello there").ids
     assert tok.decode(tok.encode("héllo\n")) == "héllo\n"
     assert tok.token_byte_lengths()[tok.token_id("eos")] == 0
+    ids = tok.encode("a <custom> b")
+    assert hf.token_to_id("<custom>") in ids and tok.decode(ids) == "a <custom> b"
+    assert sum(tok.token_byte_lengths()[i] for i in ids) == len("a <custom> b")
     # saved by foundry it becomes the wrapper format and keeps the roles
     tok.save(tmp_path / "again.json")
     assert load_tokenizer(tmp_path / "again.json").token_id("eos") == tok.token_id("eos")

@@ -152,14 +152,16 @@ class HFTokenizer:
         """UTF-8 bytes each token stands for; 0 for special tokens. Exact for byte-level vocabularies (each
         symbol of a byte-level token is one byte); otherwise measured by decoding each token alone."""
         if self._byte_lengths is None:
-            special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+            added = {t.content: t.special for t in self._tok.get_added_tokens_decoder().values()}
             byte_level = json.loads(self._tok.to_str()).get("decoder") or {}
             byte_level = byte_level.get("type") == "ByteLevel"
             out = []
             for i in range(self.vocab_size):
                 t = self._tok.id_to_token(i)
-                if t is None or t in special:
+                if t is None or added.get(t):
                     out.append(0)
+                elif t in added:  # a plain added token stands for its own text
+                    out.append(len(t.encode("utf-8")))
                 elif byte_level:
                     out.append(len(t))
                 else:
