@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import sys
 import tracemalloc
 
 import numpy as np
@@ -123,6 +125,30 @@ def test_output_does_not_depend_on_worker_count(tmp_path, monkeypatch):
     assert a["fingerprint"] == b["fingerprint"]
     for name in ("train.bin", "val.bin", "train_docs.npy", "val_docs.npy", "tokenizer.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+_PID_LOG = {}
+
+
+def _encode_chunk_logging_pid(chunk):
+    """Wraps the worker function (module level, so the pool can pickle it): notes which process ran it."""
+    with open(_PID_LOG["path"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return _ORIGINAL_ENCODE(chunk)
+
+
+_ORIGINAL_ENCODE = prep._encode_chunk
+
+
+@pytest.mark.skipif(sys.platform != "linux" or (os.cpu_count() or 1) < 2, reason="needs fork and two cores")
+def test_two_worker_processes_share_the_encoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "CHUNK_CHARS", 500)
+    monkeypatch.setattr(prep, "_encode_chunk", _encode_chunk_logging_pid)
+    _PID_LOG["path"] = tmp_path / "pids.txt"
+    f = _write(tmp_path / "in.txt", TEXT)
+    prep.prepare([f], "char", tmp_path / "ds", log=lambda *a: None, workers=2)
+    pids = (tmp_path / "pids.txt").read_text().split()
+    assert len(pids) >= 20 and len(set(pids)) == 2 and str(os.getpid()) not in pids
 
 
 def test_memory_is_bounded_on_a_large_input(tmp_path, monkeypatch):
