@@ -1,7 +1,7 @@
 """Eval benchmarks (figures for BENCHMARKS.md, section Eval).
 
     python bench/bench_eval.py [--data-dir ../shared/data] [--repeats 3] [--workers 2] [--questions 128]
-                               [--only humaneval|mmlu] [--device cpu|cuda] [--threads 1]
+                               [--only humaneval|mmlu|probes] [--device cpu|cuda] [--threads 1]
 
 1. HumanEval sandbox: the 164 canonical solutions, each in its own contained child, `--workers` at a time.
    Target: <= 15 s on 2 cores (pin with `taskset -c 0,1` to measure exactly 2).
@@ -10,6 +10,8 @@
    one request per forward (4 per question), one question per forward (its 4 continuations share a row),
    and batches of questions. Target: batched >= 3x faster than one item at a time. All three must give the
    same log-likelihoods. `--device cuda` measures on a GPU.
+3. `--only probes`: the default probe tasks on the default model config, with attention and with it crippled
+   (score, chance and seconds per probe: what a CPU sweep pays).
 """
 from __future__ import annotations
 
@@ -84,6 +86,22 @@ def bench_mmlu(data_dir, n_questions, repeats, device="cpu", batch_size=32):
             "max_abs_logprob_diff": diff, "threads": torch.get_num_threads()}
 
 
+def bench_probes(ablations=("none", "self")):
+    """The three default probe tasks on the default model config (4 layers, 4 heads, 128 wide), with
+    attention and with attention crippled (each token sees only itself): score, chance, seconds."""
+    from foundry.config import ModelConfig
+    from foundry.eval import evaluate
+
+    out = {}
+    for task in ("probe_mqar", "probe_copy", "probe_arithmetic"):
+        for abl in ablations:
+            t0 = time.perf_counter()
+            r = evaluate(ModelConfig(), [task], options={task: {"ablation": abl}})[task]
+            out[f"{task}/{abl}"] = {"score": round(r["score"], 3), "chance": round(r["chance"], 3),
+                                    "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=os.environ.get("FOUNDRY_EVAL_DATA", os.path.join("..", "shared", "data")))
@@ -91,7 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--questions", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the MMLU part")
-    p.add_argument("--only", choices=["humaneval", "mmlu"], default=None)
+    p.add_argument("--only", choices=["humaneval", "mmlu", "probes"], default=None)
     p.add_argument("--device", default="cpu", help="device for the MMLU part (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
@@ -103,6 +121,8 @@ def main(argv=None) -> int:
         out["humaneval_canonical"] = bench_humaneval(a.data_dir, a.workers, a.repeats)
     if a.only in (None, "mmlu"):
         out["mmlu_batched_vs_single"] = bench_mmlu(a.data_dir, a.questions, a.repeats, a.device, a.batch_size)
+    if a.only == "probes":  # minutes on CPU: only when asked for
+        out["probes_default_config"] = bench_probes()
     print(json.dumps(out, indent=2))
     return 0
 

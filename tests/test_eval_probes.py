@@ -10,7 +10,7 @@ from foundry.eval.probes import PROBES, run_probe
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32)
 SMALL = {"mqar": dict(n_pairs=4, n_keys=8, n_values=8), "copy": dict(length=8, n_symbols=8),
-         "arithmetic": dict(max_operand=4, n_problems=4)}
+         "arithmetic": dict(max_operand=4, n_problems=3)}
 TRAIN = dict(steps=150, batch_size=32, lr=1e-2, test_size=128, seed=0)
 
 

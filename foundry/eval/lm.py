@@ -187,7 +187,6 @@ class LM:
         texts = [""] * B
         done = [False] * B
         step_in, t0 = idx, 0
-        longest_stop = max((len(x) for x in stop), default=0)
         for _ in range(max_new_tokens):
             T = step_in.shape[1]
             slots = torch.arange(t0, t0 + T, device=dev)
@@ -196,14 +195,13 @@ class LM:
             mask = real[:, None, None, : t0 + T] | (torch.arange(t0 + T, device=dev)[None, :] == slots[:, None])
             logits = model(step_in, positions=positions, mask=mask, caches=caches)[:, -1, :].float()
             nxt = sample_next(logits, temperature, None, None, generator)   # (B,)
+            picked = nxt.tolist()                                            # one device sync per step
             for b in range(B):
                 if done[b]:
                     continue
-                new[b].append(int(nxt[b]))
-                # decode the tail only: a stop string can only end in the newest token
-                texts[b] = self.tok.decode(new[b])
-                tail = texts[b][-(longest_stop + 8):] if longest_stop else ""
-                if any(x in tail for x in stop):
+                new[b].append(picked[b])
+                texts[b] = self.tok.decode(new[b])     # whole text: a multi-token stop string may span tokens
+                if any(x in texts[b] for x in stop):
                     done[b] = True
             if all(done):
                 break
