@@ -70,7 +70,8 @@ def test_tasks_at_chance_are_set_aside_out_loud():
 
 def test_capability_ranks_first_and_bpb_breaks_ties():
     res = {"baseline": _res([2.0] * 3, {"mc": {"scores": [0.6] * 3, "chance": 0.25, "n": 200}}, "a"),
-           "worse_bpb_better_task": _res([2.2] * 3, {"mc": {"scores": [0.8, 0.79, 0.81], "chance": 0.25, "n": 200}}, "b"),
+           "worse_bpb_better_task": _res([2.2] * 3, {"mc": {"scores": [0.8, 0.79, 0.81], "chance": 0.25,
+                                                            "n": 200}}, "b"),
            "tie": _res([1.9] * 3, {"mc": {"scores": [0.6] * 3, "chance": 0.25, "n": 200}}, "c")}
     order, how = rank(res, ["mc"])
     assert how["metric"] == "capability" and order == ["worse_bpb_better_task", "tie", "baseline"]

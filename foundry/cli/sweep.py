@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-task", dest="tasks", action="append", default=[], metavar="TASK",
                    help="capability task to rank by (repeatable); validation bits per byte is always measured")
     p.add_argument("--eval-limit", type=int, default=None, metavar="N", help="score only the first N items per task")
+    p.add_argument("--eval-data", default=None, metavar="DIR",
+                   help="eval data folder (default: $FOUNDRY_EVAL_DATA, else ../shared/data)")
     p.add_argument("--promote", action="store_true",
                    help="make the winner the champion if it beats the baseline beyond seed noise")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from foundry.sweep.runner import SweepError, SweepOptions, run_sweep
 
     opts = SweepOptions(type=args.type, variants=args.variants, base=args.base, experiments=args.experiments,
-                        tasks=args.tasks, eval_limit=args.eval_limit, promote=args.promote, jobs=args.jobs,
+                        tasks=args.tasks, eval_limit=args.eval_limit, eval_data=args.eval_data,
+                        promote=args.promote, jobs=args.jobs,
                         seeds=args.seeds, budget=args.budget, overrides=args.overrides,
                         out=args.out or f"runs/sweep_{args.type}", store=args.store, halving=args.halving,
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,

@@ -146,15 +146,17 @@ def write_report(out: Path, state: dict, results: dict, order: list[str], how: d
     plots, plot_note = _plots(out, results, order, curves)
     lines = [f"# Sweep report: {state['identity']['type']} {' '.join(state['identity']['variants'])}", ""]
     ident = state["identity"]
+    halving = f"eta {ident['eta']}, {ident['rungs']} rungs" if ident["halving"] else "off"
     lines += [f"- base: `{state['base_path']}` (config {state['base_hash']})",
               f"- seeds: {ident['seeds']} (paired: every candidate trains on the same seeds and data order)",
               f"- budget: {state['budget_text']}",
               f"- eval tasks: {', '.join(ident['tasks']) or 'none (validation bits per byte)'}",
-              f"- successive halving: {'eta ' + str(ident['eta']) + ', ' + str(ident['rungs']) + ' rungs' if ident['halving'] else 'off'}",
+              f"- successive halving: {halving}",
               f"- compute: {state.get('compute_text', '-')}", ""]
     lines += ["## Ranking", "", *[f"> {n}" for n in how["notes"]], ""]
     has_tasks = bool(how["tasks"])
-    head = "| rank | candidate | mutation | status | val bpb (mean) | per seed |" + (" capability |" if has_tasks else "")
+    head = "| rank | candidate | mutation | status | val bpb (mean) | per seed |"
+    head += " capability |" if has_tasks else ""
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for i, k in enumerate(order, 1):
         r = results[k]

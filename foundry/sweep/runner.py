@@ -53,6 +53,7 @@ class SweepOptions:
     experiments: str = "experiments"
     tasks: list[str] = field(default_factory=list)
     eval_limit: int | None = None
+    eval_data: str | None = None
     promote: bool = False
     jobs: int = 1
     seeds: int = 3
@@ -150,8 +151,9 @@ def resolve_iters(cands: list[Candidate], base: ExperimentConfig, budget: tuple[
     live = [c for c in cands if c.cfg is not None]
     if budget is None:
         tokens = base.training.max_iters * tokens_per_iter(base)
-        budget, text = ("tokens", float(tokens)), (f"{tokens:,} tokens each (the base config's "
-                                                   f"{base.training.max_iters} iterations x {tokens_per_iter(base)} tokens)")
+        budget = ("tokens", float(tokens))
+        text = (f"{tokens:,} tokens each (the base config's {base.training.max_iters} iterations x "
+                f"{tokens_per_iter(base)} tokens)")
     else:
         text = f"{budget[0]}={budget[1]:g} each"
     kind, value = budget
@@ -234,8 +236,9 @@ class Sweep:
             if state["identity"] != opts.identity():
                 diff = {k: (state["identity"].get(k), v) for k, v in opts.identity().items()
                         if state["identity"].get(k) != v}
-                raise SweepError(f"{self.out} holds a different sweep ({', '.join(f'{k}: was {a!r}, now {b!r}' for k, (a, b) in diff.items())}); "
-                                 f"run it with the same arguments to resume, or choose another --out")
+                what = ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise SweepError(f"{self.out} holds a different sweep ({what}); run it with the same arguments "
+                                 f"to resume, or choose another --out")
             self.base = load_experiment(self.out / "base.yaml")
             if opts.base and load_experiment(opts.base, opts.overrides).hash() != self.base.hash():
                 raise SweepError(f"{self.out} was started from another base ({state['base_path']}, snapshot in "
@@ -287,6 +290,7 @@ class Sweep:
                           "parent": None if cand.label == "baseline" else f"{self.sweep_id}/baseline/s{seed}",
                           "mutation": cand.mutation, "threads": self.threads, "code": list(self.code),
                           "tasks": self.opts.tasks if with_tasks else [], "eval_limit": self.opts.eval_limit,
+                          "eval_data": self.opts.eval_data,
                           "iters": iters, "tokens_per_iter": tokens_per_iter(cand.cfg)})
         return specs
 
@@ -311,7 +315,8 @@ class Sweep:
             self.say(f"{skipped} trial(s) already recorded as finished: not re-run")
         if not todo:
             return
-        for s in todo:  # a halving rung continues a finished run: its wall time so far carries over
+        for k, s in enumerate(todo):  # a halving rung continues a finished run: its wall time carries over
+            s["gpu"] = k % self.opts.jobs  # used only where CUDA is: trials spread over the GPUs round-robin
             row = self.store.get(s["id"])
             s["wall_before"] = (row["wall_seconds"] or 0.0) if row and row["status"] == "done" else 0.0
         if self._executor is None:  # one pool for the whole sweep: workers import torch once
@@ -433,8 +438,8 @@ class Sweep:
         for k in range(n_rungs - 1):
             group = [base] + mutants
             specs = [s for c in group for s in self.trial_specs(c, ladder[c.label][k], iters[c.label], False)]
-            self.say(f"successive halving, rung {k + 1}/{n_rungs}: {len(mutants)} mutant(s) to "
-                     f"{', '.join(f'{c.label}@{ladder[c.label][k]}' for c in group[:3])}{' ...' if len(group) > 3 else ''}")
+            shown = ", ".join(f"{c.label}@{ladder[c.label][k]}" for c in group[:3]) + (" ..." if len(group) > 3 else "")
+            self.say(f"successive halving, rung {k + 1}/{n_rungs}: {len(mutants)} mutant(s) to {shown}")
             self.run_specs(specs)
             base_bpb = self._bpb_at(base, ladder[base.label][k])
             scored = []

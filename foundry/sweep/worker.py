@@ -64,6 +64,9 @@ def run_trial(spec: dict) -> dict:
         from foundry.train import train
         if spec.get("threads"):
             torch.set_num_threads(int(spec["threads"]))
+        if spec.get("gpu") is not None and cfg.training.device in ("auto", "cuda") and torch.cuda.is_available():
+            # trials share the GPUs round-robin: "cuda" in this worker now means this trial's GPU
+            torch.cuda.set_device(int(spec["gpu"]) % torch.cuda.device_count())
         summary = train(cfg, quiet=True)
         metrics = {"val_loss": summary["val_loss"], "val_bpb": summary["val_bpb"],
                    "best_val_loss": summary["best_val_loss"], "iters": cfg.training.max_iters,
@@ -97,11 +100,19 @@ def _evaluate(out: Path, spec: dict) -> dict:
     res = {}
     for task in spec["tasks"]:
         try:
-            r = evaluate(str(out), [task], limit=spec.get("eval_limit"), device=spec.get("device", "cpu"))[task]
+            r = evaluate(str(out), [task], limit=spec.get("eval_limit"), data_dir=spec.get("eval_data"),
+                         device=_eval_device(spec))[task]
             res[task] = {k: r[k] for k in ("metric", "score", "chance", "n") if k in r}
         except Exception as e:  # noqa: BLE001 - one task's failure does not sink the trial
             res[task] = {"error": f"{type(e).__name__}: {e}"}
     return res
+
+
+def _eval_device(spec: dict) -> str:
+    import torch
+    if spec.get("gpu") is not None and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return "cpu"
 
 
 def probe_seconds_per_iter(config_yaml: str, threads: int, iters: int = 8) -> float:
