@@ -136,9 +136,9 @@ class MoE(nn.Module):
         token = torch.arange(N, device=x.device).repeat_interleave(k)    # (N*k,) token of each slot
         slot_expert, slot_weight = expert.reshape(-1), weight.reshape(-1)
         for e, mod in enumerate(self.experts):
+            # an expert with no tokens still runs (on none), so its weights join the graph with zero gradient
+            # and DDP does not stop on unused parameters
             sel = ((slot_expert == e) & keep).nonzero(as_tuple=True)[0]
-            if sel.numel() == 0:
-                continue
             y = mod(flat[token[sel]][None])[0]                           # (n_e, C)
             out.index_add_(0, token[sel], (y * slot_weight[sel, None]).to(out.dtype))
         if self.shared is not None:
