@@ -269,3 +269,13 @@ def test_loss_contract(name):
     n0, n1 = int((targets[0] != -1).sum()), int((targets[1] != -1).sum())
     first = loss_fn(logits[:1].detach(), targets[:1])
     torch.testing.assert_close(both, (first * n0 + part * n1) / (n0 + n1))
+
+
+def test_moe_experts_without_tokens_still_join_the_graph():
+    """DDP stops on parameters that get no gradient: an expert that receives no token must still get one (zero)."""
+    cfg = make_cfg(mlp="moe", moe=MoEConfig(n_experts=4, top_k=1))
+    moe = REGISTRIES["mlp"].get("moe")(cfg).train()
+    y = moe(torch.randn(1, 1, cfg.n_embd))  # one token reaches one expert
+    (y.sum() + moe.aux_loss).backward()
+    missing = [n for n, p in moe.named_parameters() if p.grad is None]
+    assert not missing, missing
