@@ -31,15 +31,16 @@ import collections
 import gzip
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import re
 import shutil
 import sys
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-import multiprocessing as mp
 
 import numpy as np
 
@@ -387,7 +388,6 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
         tok = CharTokenizer(sorted(sc.alphabet))
     elif spec[0] == "bpe":
         tok = BPETokenizer(vocab_size=spec[1])
-        import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             tok.fit(t for t, _ in iter_documents(sources, fields, errors))
@@ -411,6 +411,7 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
     try:
         t2 = time.perf_counter()
         with open(tmp / "train.bin", "wb") as f:
+            workers = workers if sc.chars > CHUNK_CHARS else 1  # one chunk is not worth starting processes for
             starts, n = encode_stream(iter_documents(sources, fields, errors), tok, dtype, f, workers)
         enc_s = time.perf_counter() - t2
         if n < 2:
