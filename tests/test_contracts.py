@@ -185,10 +185,14 @@ def test_registries_hold_exactly_the_declared_builtins():
 
 
 def test_every_variant_has_a_docstring_naming_its_source():
+    """Every variant is documented; a built-in's docstring cites its source (a paper's year)."""
+    import re
     for family, registry in REGISTRIES.items():
         for name in registry.names():
             doc = registry.get(name).__doc__ or ""
             assert doc.strip(), f"{family} {name!r} has no docstring"
+            if name in BUILTIN_COMPONENTS[family]:
+                assert re.search(r"\b(19|20)\d\d\b", doc), f"{family} {name!r}: docstring cites no paper (year)"
 
 
 @pytest.mark.parametrize("overrides", [dict(attention=a, position=p) for a, p in itertools.product(

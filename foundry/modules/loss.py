@@ -35,7 +35,7 @@ class Loss(nn.Module):
 
 @LOSS.register("ce")
 class CrossEntropy(Loss):
-    """Cross-entropy: -log p(target)."""
+    """Cross-entropy, -log p(target): the maximum-likelihood objective of GPT (Radford et al. 2018)."""
 
     def token_loss(self, logits, targets):
         return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="none")

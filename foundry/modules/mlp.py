@@ -17,7 +17,8 @@ from foundry.modules.registries import MLP
 
 @MLP.register("gelu")
 class GeluMLP(nn.Module):
-    """GPT-2 MLP: Linear(C, H) -> GELU (tanh approximation, as GPT-2) -> Linear(H, C)."""
+    """GPT-2 MLP (Radford et al. 2019): Linear(C, H) -> GELU (Hendrycks & Gimpel 2016; tanh approximation, as
+    GPT-2) -> Linear(H, C)."""
 
     def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         super().__init__()
@@ -82,7 +83,7 @@ class GeGLU(GatedMLP):
 
 @MLP.register("relu2")
 class ReLU2(GeluMLP):
-    """Squared ReLU (So et al. 2021, Primer): Linear -> relu(x)^2 -> Linear; ~1-2% better than GELU there."""
+    """Squared ReLU (So et al. 2021, Primer): Linear -> relu(x)^2 -> Linear, not gated (hidden ratio 4)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(F.relu(self.fc(x)).square()))

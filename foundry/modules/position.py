@@ -40,7 +40,7 @@ class Position(nn.Module):
 
 @POSITION.register("learned")
 class Learned(Position):
-    """Learned absolute position embeddings (GPT-2): wpe[pos] is added to the token embedding."""
+    """Learned absolute position embeddings (GPT-2, Radford et al. 2019): wpe[pos] is added to the token embedding."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
