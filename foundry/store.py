@@ -72,10 +72,11 @@ def code_version(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool
     """(git SHA, dirty flag) of the foundry checkout, or (None, None) outside a git work tree."""
     where = cwd or Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        if not sha:
-            return None, None
+        r = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=where, capture_output=True, text=True,
+                           timeout=10)
+        sha = r.stdout.strip()
+        if r.returncode != 0 or len(sha) != 40 or any(c not in "0123456789abcdef" for c in sha):
+            return None, None  # not a git work tree, or one without commits
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                 capture_output=True, text=True, timeout=10).stdout
         return sha, bool(status.strip())

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from foundry.store import Store, main
+from foundry.store import Store, code_version, main
 
 PY = sys.executable
 
@@ -21,7 +21,10 @@ def test_records_everything_a_run_needs(tmp_path):
             artifacts={"out_dir": "runs/x"})
     row = s.get("sw/base/s1")
     assert row["status"] == "running" and row["seed"] == 1 and row["config_hash"] == "abc123"
-    assert row["git_sha"] and len(row["git_sha"]) == 40 and row["git_dirty"] in (True, False)  # run in a checkout
+    sha, dirty = code_version()
+    assert row["git_sha"] == sha and row["git_dirty"] == dirty
+    if sha is not None:  # in a checkout: the full SHA and a dirty flag; elsewhere both None, never junk
+        assert len(sha) == 40 and dirty in (True, False)
     s.start("sw/mut/s1", "x: 1\n", "def456", seed=1, sweep="sw", parent="sw/base/s1", mutation="lr x2")
     s.finish("sw/base/s1", {"val_bpb": 2.5}, wall_seconds=3.0)
     s.fail("sw/mut/s1", "FloatingPointError: nan")
