@@ -39,18 +39,27 @@ from foundry.config import ConfigError, ExperimentConfig, load_experiment, write
 # Run log: JSONL always, TensorBoard / Weights & Biases (offline) on request
 # --------------------------------------------------------------------------------------------------
 class MetricsLog:
-    """Append-only JSONL; each line is flushed and fsynced so a kill loses at most the line being written."""
+    """Append-only JSONL, flushed after every line; `sync()` (called at each checkpoint) fsyncs it, so what a
+    checkpoint covers is on disk, and a kill loses at most lines after it, which a resumed run rewrites."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
+        self._f = open(path, "a") if enabled else None
 
     def write(self, **row) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self._f is not None:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
+
+    def sync(self) -> None:
+        if self._f is not None:
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self.sync()
+            self._f.close()
+            self._f = None
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -361,6 +370,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             per_rank = [rng] if info.world_size == 1 else [None] * info.world_size
             if info.world_size > 1:
                 torch.distributed.all_gather_object(per_rank, rng)
+            log.sync()
             if main:
                 state = {"iter": it, "best_val": best_val, "optimizer": optim_state,
                          "rng_cpu": [r["rng_cpu"] for r in per_rank],
@@ -475,6 +485,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         if main:
             write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
         extra_log.close()
+        log.close()
         say(f"done: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f} -> {out}")
         D.barrier(info)
         return summary
