@@ -59,8 +59,9 @@ def test_score_command_on_openai_samples(problems, tmp_path, capsys):
     assert [r["passed"] for r in rows] == [True, False] * 3 and all("result" in r for r in rows)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task": "x"}) + "\n")
-    with pytest.raises(Exception, match="task_id"):
-        eval_main(["score", "humaneval", str(bad), "--data-dir", str(data)])
+    assert eval_main(["score", "humaneval", str(bad), "--data-dir", str(data)]) == 2
+    assert "lacks 'task_id'" in capsys.readouterr().err
+    assert eval_main(["score", "humaneval", str(tmp_path / "missing.jsonl")]) == 2
 
 
 def test_pass_at_k_matches_its_definition():

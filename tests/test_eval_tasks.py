@@ -197,6 +197,7 @@ def test_cli_on_saved_run_and_compare(tmp_path, capsys):
     assert eval_main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "McNemar" in out and "paired bootstrap" in out
+    assert eval_main(["compare", str(a), str(tmp_path / "missing.jsonl")]) == 2
     assert eval_main(["--list"]) == 0 and "probe_mqar" in capsys.readouterr().out
     assert eval_main([str(runs[0]), "--tasks", "mmlux"]) == 2
     assert "did you mean" in capsys.readouterr().err

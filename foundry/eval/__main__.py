@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from foundry.eval.data import ENV_VAR
@@ -63,9 +64,21 @@ def cmd_score(argv: list[str]) -> int:
     from foundry.eval.humaneval import score_samples
     from foundry.eval.sandbox import Limits
 
-    ks = tuple(int(k) for k in a.k.split(","))
-    passk, out = score_samples(a.samples, data_dir=a.data_dir, ks=ks, limits=Limits(timeout=a.timeout),
-                               workers=a.workers, out_path=a.out)
+    from foundry.eval.spec import TaskError
+
+    try:
+        ks = tuple(int(k) for k in a.k.split(","))
+    except ValueError:
+        p.error(f"--k {a.k!r}: expected comma-separated integers, e.g. 1,10,100")
+    if not os.path.isfile(a.samples):
+        print(f"error: {a.samples}: no such samples file", file=sys.stderr)
+        return 2
+    try:
+        passk, out = score_samples(a.samples, data_dir=a.data_dir, ks=ks, limits=Limits(timeout=a.timeout),
+                                   workers=a.workers, out_path=a.out)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(passk))
     print(f"per-sample results: {out}")
     return 0
@@ -83,7 +96,11 @@ def cmd_compare(argv: list[str]) -> int:
     def rows(path):
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
-    res = compare_items(rows(a.a), rows(a.b), a.key)
+    try:
+        res = compare_items(rows(a.a), rows(a.b), a.key)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: cannot compare {a.a} and {a.b}: {e}", file=sys.stderr)
+        return 2
     print(f"n={res['n']} paired items: A {res['score_a']:.4f} vs B {res['score_b']:.4f}")
     if "mcnemar" in res:
         m = res["mcnemar"]
