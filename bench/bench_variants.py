@@ -5,13 +5,19 @@
     python bench/bench_variants.py --only attention:mla,mlp:moe --reps 3 --json out.json
 
 Each variant changes one component of the v1 baseline (mha / learned / layernorm / gelu / pre / ce) and keeps
-its options at their defaults. On CPU each is measured in a fresh subprocess (so the RSS peak is its own; on
-CUDA in this process, since the allocator's peak counter is reset per variant): 2 warm-up
-steps, then the median of `--reps` forward+backward steps (loss.backward(), no optimiser). Peak memory is, on
-CUDA, torch.cuda.max_memory_allocated (weights, grads and activations); on CPU, the process's resident-set
-high-water mark minus its size just before the first step (activations and grads). KV-cache bytes per token
-are summed over layers, for one sequence, in the compute dtype. The baseline is measured first and last; the
-`x base` column divides by their mean, so machine drift shows as the two baseline rows disagreeing.
+its options at their defaults. Two passes:
+
+1. memory: each variant alone (on CPU in a fresh subprocess, so the resident-set peak is its own; on CUDA in
+   this process, resetting the allocator's peak counter) runs 2 forward+backward steps. Peak memory is, on
+   CUDA, torch.cuda.max_memory_allocated (weights, grads, activations); on CPU, the RSS high-water mark minus
+   the RSS just before the first step (activations and grads). KV-cache bytes per token are summed over
+   layers, for one sequence, in the compute dtype.
+2. time: every model is built in this process, warmed up once, then timed one forward+backward step
+   (loss.backward(), no optimiser) each, round-robin, for `--reps` rounds. `ms` is the median over rounds;
+   `x base` is the median over rounds of the ratio to the baseline's step in the same round, so a machine
+   whose speed drifts (a shared CPU) slows every variant of a round alike. The rows that equal the baseline
+   (attention mha, position learned, ...) show how much noise remains.
+
 Prints a Markdown table (with the command, machine and date) for BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -60,8 +66,8 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(args, family: str, name: str) -> dict:
-    """Build one variant and time it on this process's device."""
+def setup(args, family: str, name: str):
+    """Build one variant with a fixed batch; return (model, step, sync, row with params and KV bytes)."""
     import torch
 
     from foundry.config import TrainingConfig
@@ -81,10 +87,9 @@ def measure(args, family: str, name: str) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
     y = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def step():
-        with autocast:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, _ = model(x, y)
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -93,26 +98,47 @@ def measure(args, family: str, name: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    if device.type == "cuda":
+    row = dict(family=family, name=name, params=params, kv_bytes_per_token=kv, dtype=args.dtype, device=device.type)
+    return model, step, sync, row
+
+
+def measure_memory(args, family: str, name: str) -> dict:
+    """Peak memory of 2 forward+backward steps of one variant (pass 1)."""
+    import torch
+
+    model, step, sync, row = setup(args, family, name)
+    cuda = row["device"] == "cuda"
+    if cuda:
         gc.collect()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    rss0 = rss_bytes() if device.type == "cpu" else 0
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = 0 if cuda else rss_bytes()
     for _ in range(2):
         step()
     sync()
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - t0) * 1000)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
     else:
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0)  # ru_maxrss: KiB on Linux
-    return dict(family=family, name=name, params=params, ms=statistics.median(times), ms_all=times,
-                peak_mb=peak / 2 ** 20, kv_bytes_per_token=kv, dtype=args.dtype, device=device.type)
+    del model
+    return dict(row, peak_mb=peak / 2 ** 20)
+
+
+def measure_time(args, todo: list[tuple[str, str]]) -> dict:
+    """Round-robin timing of every variant in this process (pass 2): {(family, name): (ms list, ratio list)}."""
+    built = {v: setup(args, *v) for v in todo}
+    for _, step, sync, _ in built.values():  # warm-up
+        step()
+        sync()
+    times = {v: [] for v in todo}
+    for _ in range(args.reps):
+        for v, (_, step, sync, _) in built.items():
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times[v].append((time.perf_counter() - t0) * 1000)
+    base = times[("baseline", "v1")]
+    return {v: (t, [a / b for a, b in zip(t, base)]) for v, t in times.items()}
 
 
 def machine(args) -> str:
@@ -130,13 +156,13 @@ def machine(args) -> str:
     return f"{cpu}, {os.cpu_count()} cores visible, {threads} torch threads, torch {torch.__version__}"
 
 
-def table(rows: list[dict], base_ms: float) -> str:
+def table(rows: list[dict]) -> str:
     out = ["| family | variant | params | fwd+bwd ms | x base | peak MB | KV bytes/token |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         label = BASE if r["family"] == "baseline" else r["name"]
         out.append(f"| {r['family']} | {label} | {r['params'] / 1e6:.2f}M | {r['ms']:.1f} | "
-                   f"{r['ms'] / base_ms:.2f} | {r['peak_mb']:.0f} | {r['kv_bytes_per_token']:,} |")
+                   f"{r['x_base']:.2f} | {r['peak_mb']:.0f} | {r['kv_bytes_per_token']:,} |")
     return "\n".join(out)
 
 
@@ -151,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--vocab", type=int, default=65, help="65 = the embedded character-level data set")
-    p.add_argument("--reps", type=int, default=5, help="timed steps per variant (median reported)")
+    p.add_argument("--reps", type=int, default=5, help="timed rounds (one step per variant each; median reported)")
     p.add_argument("--threads", type=int, default=0, help="CPU torch threads (0 = torch's default)")
     p.add_argument("--only", default="", help="comma-separated family:name list (default: every variant)")
     p.add_argument("--in-process", action="store_true", help="on CPU, measure in this process (the RSS peak then "
@@ -168,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.one:
         family, name = args.one.split(":", 1)
-        print(json.dumps(measure(args, family, name)))
+        print(json.dumps(measure_memory(args, family, name)))
         return 0
 
     todo = variants()
@@ -178,12 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             p.error(f"unknown variant(s) {bad}; known: {', '.join(f'{f}:{n}' for f, n in todo)}")
         todo = [("baseline", "v1")] + [w for w in wanted if w != ("baseline", "v1")]
-    todo = todo + [("baseline", "v1")]  # the baseline again at the end: drift check
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     rows = []
-    for family, name in todo:
+    for family, name in todo:  # pass 1: memory, parameters, KV bytes
         if args.in_process or args.device.startswith("cuda"):
-            row = measure(args, family, name)
+            row = measure_memory(args, family, name)
         else:
             cmd = [sys.executable, os.path.abspath(__file__), *passthrough, "--one", f"{family}:{name}"]
             res = subprocess.run(cmd, capture_output=True, text=True)
@@ -192,16 +217,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"measuring {family}:{name} failed (exit {res.returncode})")
             row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{family:>14} {name:<16} {row['ms']:9.1f} ms  {row['peak_mb']:8.0f} MB  "
-              f"{row['kv_bytes_per_token']:>8,} B/token", file=sys.stderr, flush=True)
-    base = [r["ms"] for r in rows if r["family"] == "baseline"]
+        print(f"{family:>14} {name:<16} {row['peak_mb']:8.0f} MB  {row['kv_bytes_per_token']:>8,} B/token",
+              file=sys.stderr, flush=True)
+    timed = measure_time(args, todo)  # pass 2: interleaved timing
+    for row in rows:
+        ms, ratio = timed[(row["family"], row["name"])]
+        row.update(ms=statistics.median(ms), ms_all=ms, x_base=statistics.median(ratio))
     cmd = "python bench/bench_variants.py " + " ".join(passthrough)
     print(f"Command: `{cmd.strip()}`  \nMachine: {machine(args)}  \n"
           f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
           f"Size: {args.layers} layers, {args.width} wide, {args.heads} heads, T={args.seq}, batch {args.batch}, "
-          f"vocab {args.vocab}, {args.dtype}; median of {args.reps} steps; baseline first/last "
-          f"{base[0]:.1f} / {base[-1]:.1f} ms\n")
-    print(table(rows, statistics.mean(base)))
+          f"vocab {args.vocab}, {args.dtype}; {args.reps} interleaved rounds, median\n")
+    print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

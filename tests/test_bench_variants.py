@@ -24,13 +24,14 @@ def test_bench_variants_tiny(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [(r["family"], r["name"]) for r in rows] == [
         ("baseline", "v1"), ("attention", "mla"), ("attention", "gqa"), ("mlp", "moe"), ("loss", "focal"),
-        ("norm_placement", "sandwich"), ("baseline", "v1")]
+        ("norm_placement", "sandwich")]
     by = {r["name"]: r for r in rows}
     assert by["v1"]["kv_bytes_per_token"] == 1 * 2 * 32 * 4          # one layer, K and V, 32 wide, fp32
     assert by["gqa"]["kv_bytes_per_token"] == by["v1"]["kv_bytes_per_token"] // 2
     assert by["mla"]["kv_bytes_per_token"] == 32 * 4                 # kv_rank 32, no rope key with learned positions
     assert by["moe"]["params"] > by["v1"]["params"]
-    assert all(r["ms"] > 0 and r["peak_mb"] >= 0 for r in rows)
+    assert all(r["ms"] > 0 and r["peak_mb"] >= 0 and len(r["ms_all"]) == 1 for r in rows)
+    assert by["v1"]["x_base"] == 1.0
     table = capsys.readouterr().out
     assert "| attention | mla |" in table and "Command: `python bench/bench_variants.py" in table
 
