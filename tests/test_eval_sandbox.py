@@ -158,3 +158,40 @@ def test_pool_keeps_order_and_survives_attacks():
     progs = ["assert True\n", "while True: pass\n", "import os\nos.fork()\n", "assert 2 + 2 == 4\n"]
     out = run_programs(progs, Limits(timeout=1.5), workers=2)
     assert [o.passed for o in out] == [True, False, False, True]
+
+
+def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
+    o = run_program("while True:\n    pass\n", Limits(timeout=10.0, cpu=1))
+    assert not o.passed and o.status in ("killed", "failed") and o.seconds < 8, o
+
+
+def test_pid_namespace_hides_the_host_even_without_the_guard():
+    if not run_program("pass\n", FAST).pidns:
+        pytest.skip("no PID namespace here (not root, no user namespaces); the Python guard is the wall")
+    # unguarded code aims SIGTERM at this very test process: in its namespace that pid does not exist
+    o = run_program(f"import os, signal\nos.kill({os.getpid()}, signal.SIGTERM)\n", Limits(timeout=2.0, guard=False))
+    assert not o.passed and "ProcessLookupError" in o.detail
+    assert run_program("import os\nassert os.getpid() == 1 and os.getppid() == 0\n", FAST).passed
+
+
+def test_descendants_that_leave_the_group_die_with_the_namespace():
+    if not run_program("pass\n", FAST).pidns:
+        pytest.skip("no PID namespace here; the guard refuses setsid instead")
+    marker = f"foundry-sandbox-escapee-{os.getpid()}"
+    code = ("import os, sys, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', '{marker}'])\n"
+            "time.sleep(0.3)\n")
+    o = run_program(code, Limits(timeout=5.0, guard=False))
+    assert o.passed, o.detail
+    time.sleep(0.3)
+    alive = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    alive.append(pid)
+        except OSError:
+            pass
+    assert not alive, f"a process that called setsid survived the sandbox: {alive}"

@@ -11,8 +11,10 @@ the Python interpreter. The walls, outermost first:
   3. Resource limits (setrlimit) set by the child before the code runs: CPU seconds, address space, size
      of any file written, open files, no core dumps, and the number of processes (the kernel ignores that
      one for root; there, wall 5 below stops forks).
-  4. A private network namespace when the kernel allows it (root or user namespaces): no interface but a
-     down loopback, so no network at the kernel level. Recorded per run as `netns`.
+  4. Private namespaces when the kernel allows them (root, or user namespaces): a network namespace (no
+     interface but a down loopback, so no network at the kernel level; recorded per run as `netns`) and a PID
+     namespace (recorded as `pidns`) whose init runs the code: it cannot see or signal any process outside,
+     and when it ends the kernel kills every process left inside, even ones that left the process group.
   5. A Python guard installed before the code runs: socket, ctypes, subprocess and multiprocessing cannot be
      imported; os/posix fork, exec, spawn, system, kill, killpg, setsid and friends raise; open() for writing,
      and removing/renaming/creating files, are refused outside the working directory
@@ -54,6 +56,7 @@ class Outcome:
     detail: str                 # last lines of the child's stderr (the exception), or why it was stopped
     seconds: float
     netns: bool = False
+    pidns: bool = False
 
 
 # The child's first code. It is trusted and runs before the untrusted program; the program is read from
@@ -65,13 +68,17 @@ def _setup():
     cfg = dict(zip(("cpu", "memory", "fsize", "nofile", "nproc", "netns", "guard"), map(int, sys.argv[1].split(","))))
     token = sys.stdin.readline().strip()
     fd = os.open(os.devnull, os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
-    netns = False
+    netns = pidns = False
     if cfg["netns"]:
         try:
             import ctypes
-            netns = ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0   # CLONE_NEWNET
+            unshare = ctypes.CDLL(None, use_errno=True).unshare
+            if unshare(0x40000000 | 0x20000000) == 0:          # CLONE_NEWNET | CLONE_NEWPID
+                netns = pidns = True
+            else:
+                netns = unshare(0x40000000) == 0               # CLONE_NEWNET alone
         except Exception:
-            netns = False
+            pass
         for m in ("ctypes", "_ctypes", "ctypes._endian"):
             sys.modules.pop(m, None)
     def lim(what, value):
@@ -97,7 +104,28 @@ def _setup():
     lim(resource.RLIMIT_FSIZE, cfg["fsize"])
     lim(resource.RLIMIT_NOFILE, cfg["nofile"])
     lim(resource.RLIMIT_CORE, 0)
-    sys.stderr.write("FOUNDRY-SANDBOX netns=%d\n" % netns); sys.stderr.flush()
+    sys.stderr.write("FOUNDRY-SANDBOX netns=%d pidns=%d\n" % (netns, pidns)); sys.stderr.flush()
+    if pidns:
+        # The first child is the new PID namespace's init: it cannot see (so cannot signal) any process outside,
+        # and when it ends the kernel kills everything left inside. This process only relays its fate.
+        child = os.fork()
+        if child:
+            while True:
+                try:
+                    status = os.waitpid(child, 0)[1]
+                    break
+                except InterruptedError:
+                    pass
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:                                        # died of a signal: die of the same one
+                import signal
+                try:
+                    signal.signal(-code, signal.SIG_DFL)
+                except (OSError, ValueError):                    # SIGKILL/SIGSTOP keep their default
+                    pass
+                os.kill(os.getpid(), -code)
+                code = 128 - code
+            os._exit(code)
     with open("program.py") as f:
         source = f.read()
     if cfg["guard"]:
@@ -204,10 +232,10 @@ def run_program(program: str, limits: Limits = Limits()) -> Outcome:
         stderr = _tail(os.path.join(base, "stderr"), 4096)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    netns = False
+    netns = pidns = False
     if stderr.startswith("FOUNDRY-SANDBOX "):
         head, _, stderr = stderr.partition("\n")
-        netns = head.endswith("netns=1")
+        netns, pidns = "netns=1" in head, "pidns=1" in head
     lines = stdout.rstrip("\n").rsplit("\n", 1)
     ran_to_end = proc.returncode == 0 and lines[-1] == token
     if status is None:
@@ -220,7 +248,7 @@ def run_program(program: str, limits: Limits = Limits()) -> Outcome:
         detail = "\n".join(stderr.strip().splitlines()[-3:]) if status == "failed" else ""
         if status == "failed" and not detail:
             detail = f"exited with status {proc.returncode} before the end of the program"
-    return Outcome(status == "passed", status, detail, seconds, netns)
+    return Outcome(status == "passed", status, detail, seconds, netns, pidns)
 
 
 def run_programs(programs: list[str], limits: Limits = Limits(), workers: int | None = None) -> list[Outcome]:
