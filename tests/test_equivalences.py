@@ -503,3 +503,16 @@ def test_z_loss_adds_coef_times_log_z_squared(name):
     keep = tg != -1
     ref = 1e-2 * torch.logsumexp(lg[keep], -1).pow(2).mean()
     torch.testing.assert_close(with_z - base, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_rope_reuses_cos_sin_only_for_the_same_unchanged_positions():
+    cfg = cfg_(position="rope")
+    pos = POSITION.get("rope")(cfg)
+    q = torch.randn(1, 4, T, cfg.head_dim)
+    p = torch.arange(T)
+    a, _ = pos.rotate(q, q, p)
+    p.add_(5)  # changed in place: the cached angles must not be reused
+    b, _ = pos.rotate(q, q, p)
+    c, _ = POSITION.get("rope")(cfg).rotate(q, q, torch.arange(T) + 5)
+    torch.testing.assert_close(b, c)
+    assert not torch.allclose(a, b)

@@ -77,9 +77,18 @@ class Rope(Position):
         super().__init__(cfg)
         self.rot_dim = int(cfg.head_dim * cfg.rope.fraction) // 2 * 2
         self.theta = cfg.rope.theta
+        self._last = None  # (positions, (dtype, version), cos, sin): all layers of a forward share positions
 
     def rotate(self, q, k, positions):
-        cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+        if torch.compiler.is_compiling():  # compiled: fused anyway, and module state would force recompiles
+            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == (q.dtype, positions._version):
+            cos, sin = last[2], last[3]
+        else:  # once per forward instead of once per layer: fewer small kernels, which dominate on a GPU
+            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+            self._last = (positions, (q.dtype, positions._version), cos, sin)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
