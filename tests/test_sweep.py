@@ -113,3 +113,24 @@ def test_planted_sweep_killed_resumed_promotes_the_better_mutant(tmp_path):
     assert r3.returncode == 0 and "12 trial(s) already recorded as finished" in r3.stdout
     assert con.execute("SELECT COUNT(*) FROM promotions").fetchone()[0] == 1
     assert not (exps / "champion.1.yaml").exists()
+
+
+def test_ctrl_c_stops_the_sweep_and_its_workers_then_resumes(tmp_path):
+    base = tiny_base(tmp_path)
+    out, db = tmp_path / "sweep", tmp_path / "store.sqlite"
+    cmd = [PY, "-m", "foundry.cli.sweep", "lr", "x10", "x3", "--base", str(base), "--seeds", "1", "--jobs", "1",
+           "--threads", "1", "--out", str(out), "--store", str(db), "--progress", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 150
+    while len(_done_rows(db)) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: SIGINT to the terminal's foreground process group
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: finished trials are recorded" in text
+    before = _done_rows(db)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and f"{len(before)} trial(s) already recorded as finished" in r.stdout
+    after = _done_rows(db)
+    assert len(after) == 3 and all(after[t] == u for t, u in before.items())

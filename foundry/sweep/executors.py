@@ -45,11 +45,11 @@ class LocalExecutor:
             return self._pool.submit(run_trial, spec)
 
     def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=True)
         if not wait:  # Ctrl-C: do not leave workers training after the sweep has gone
-            for p in list(getattr(self._pool, "_processes", {}).values() or []):
+            for p in list((getattr(self._pool, "_processes", None) or {}).values()):
                 if p.is_alive():
                     p.kill()
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class SubmititExecutor:
