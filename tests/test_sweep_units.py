@@ -159,3 +159,38 @@ def test_a_different_sweep_or_a_running_one_in_the_same_out_is_refused(tmp_path)
         with pytest.raises(SweepError, match="another sweep is running"):
             run_sweep(SweepOptions(type="lr", variants=["x2"], base=str(base), out=str(out),
                                    store=str(tmp_path / "s.sqlite"), quiet=True))
+
+
+def test_flops_and_seconds_budgets(tmp_path):
+    from foundry.model import GPT
+    base = load_experiment(tiny_base(tmp_path), ["model_args.vocab_size=65"])
+    cands = plan_candidates(base, "tiny.yaml", SweepOptions(type="depth", variants=["4"]))
+    fpt = {c.label: GPT(c.cfg.model_args).flops_per_token(32) for c in cands}
+    assert fpt["depth_4"] > fpt["baseline"]
+    budget = 100 * fpt["baseline"] * 256
+    iters, text = resolve_iters(cands, base, ("flops", budget), 1)
+    # the same FLOPs for everyone: the deeper model gets proportionally fewer iterations
+    assert iters["baseline"] == 100 and iters["depth_4"] == round(budget / (fpt["depth_4"] * 256))
+    assert "FLOPs" in text
+    iters, text = resolve_iters(cands[:1], base, ("seconds", 2.0), 1)
+    assert iters["baseline"] >= 1 and "timed probe" in text
+
+
+def test_resume_refuses_when_the_baseline_changed_underneath(tmp_path):
+    exps, out = tmp_path / "experiments", tmp_path / "sw"
+    exps.mkdir()
+    (exps / "baseline.yaml").write_text(TINY.replace("learning_rate: 3.0e-4", "learning_rate: 1.0e-3"))
+    opts = SweepOptions(type="lr", variants=["x2"], experiments=str(exps), out=str(out),
+                        store=str(tmp_path / "s.sqlite"), quiet=True)
+    out.mkdir()
+    (out / "base.yaml").write_text(TINY)  # the sweep started from the 3e-4 baseline
+    (out / "sweep.json").write_text(json.dumps({"identity": opts.identity(), "base_path": str(exps / "baseline.yaml"),
+                                                "promoted": None}))
+    with pytest.raises(SweepError, match="started from another base"):
+        run_sweep(opts)
+
+
+def test_default_out_names_the_variants():
+    from foundry.cli.sweep import default_out
+    assert default_out("attention", ["mha", "gqa_2kv"]) == "runs/sweep_attention_mha_gqa_2kv"
+    assert default_out("adam_betas", ["0.9,0.95"]) == "runs/sweep_adam_betas_0.9_0.95"

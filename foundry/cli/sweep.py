@@ -3,12 +3,12 @@ same seeds and data order under one budget, evaluate, rank, and (with --promote)
 when the winner beats it beyond seed noise.
 
     python -m foundry.cli.sweep attention mha gqa_2kv mqa --seeds 3 --jobs 2 --out runs/sweep_attn
-    python -m foundry.cli.sweep lr x0.5 x2 --budget tokens=2e6 --eval-task arc_easy --promote
+    python -m foundry.cli.sweep lr x0.5 x2 --budget tokens=2e6 --eval-task mmlu --eval-limit 200 --promote
     python -m foundry.cli.sweep depth 2 6 8 --halving --eta 3      # prune hopeless mutants early
 
 Interrupted (Ctrl-C, SIGKILL) and run again with the same arguments, it resumes: finished trials are not
-re-run. Every trial is recorded in the experiment store (python -m foundry.store list). The report is
-OUT/report.md with OUT/loss_curves.png and OUT/metrics.png; OUT/results.json holds the numbers.
+re-run. Every trial is recorded in the experiment store (python -m foundry.store list). The sweep folder
+OUT (default runs/sweep_<type>_<variants>) gets report.md, loss_curves.png, metrics.png and results.json.
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                         "max_iters, as tokens, so mutants that change batch or context get as many tokens)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override the base config before mutating (repeatable)")
-    p.add_argument("--out", default=None, metavar="DIR", help="sweep directory (default: runs/sweep_<type>)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="sweep directory (default: runs/sweep_<type>_<variants>)")
     p.add_argument("--store", default=None, metavar="PATH",
                    help="experiment store (default: $FOUNDRY_STORE or runs/foundry.sqlite)")
     p.add_argument("--halving", action="store_true",
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_out(type_name: str, variants: list[str]) -> str:
+    """runs/sweep_<type>_<variants>: the same command resumes, another set of variants gets its own folder."""
+    from foundry.mutate import _safe
+    return f"runs/sweep_{type_name}_{'_'.join(_safe(v) for v in variants)}"[:120]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from foundry.mutate import MutationError
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         tasks=args.tasks, eval_limit=args.eval_limit, eval_data=args.eval_data,
                         promote=args.promote, jobs=args.jobs,
                         seeds=args.seeds, budget=args.budget, overrides=args.overrides,
-                        out=args.out or f"runs/sweep_{args.type}", store=args.store, halving=args.halving,
+                        out=args.out or default_out(args.type, args.variants), store=args.store, halving=args.halving,
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
                         executor=args.executor, cluster=args.cluster, threads=args.threads,
                         progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet)

@@ -240,9 +240,12 @@ class Sweep:
                 raise SweepError(f"{self.out} holds a different sweep ({what}); run it with the same arguments "
                                  f"to resume, or choose another --out")
             self.base = load_experiment(self.out / "base.yaml")
-            if opts.base and load_experiment(opts.base, opts.overrides).hash() != self.base.hash():
-                raise SweepError(f"{self.out} was started from another base ({state['base_path']}, snapshot in "
-                                 f"{self.out / 'base.yaml'}); choose another --out for {opts.base}")
+            now_path = Path(opts.base) if opts.base else baseline_path(opts.experiments)
+            if not state.get("promoted") and load_experiment(now_path, opts.overrides).hash() != self.base.hash():
+                # (after its own promotion the champion is this sweep's winner: resuming is still right)
+                raise SweepError(f"{self.out} was started from another base ({state['base_path']} as it was then, "
+                                 f"snapshot in {self.out / 'base.yaml'}); choose another --out for a sweep from "
+                                 f"{now_path}")
             self.cands = plan_candidates(self.base, state["base_path"], opts)
             self.say(f"resuming sweep {self.sweep_id} in {self.out}")
             return state
