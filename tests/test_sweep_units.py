@@ -116,6 +116,9 @@ def test_plan_budget_and_rungs(tmp_path):
     cands = plan_candidates(base, "tiny.yaml", opts)
     assert [c.label for c in cands] == ["baseline", "batch_size_16", "batch_size_8", "batch_size_x0.5"]
     assert cands[2].status == "noop" and cands[2].cfg is None  # batch 8 is the base: not trained
+    refused = plan_candidates(base, "tiny.yaml", SweepOptions(type="heads", variants=["3", "4"]))
+    assert refused[1].status == "refused" and "n_embd=32 must be divisible by n_head=3" in refused[1].error
+    assert refused[2].cfg.model_args.n_head == 4  # the rest of the sweep goes ahead
     iters, text = resolve_iters(cands, base, None, 1)
     # the same tokens for everyone: twice the batch, half the iterations
     assert iters == {"baseline": 60, "batch_size_16": 30, "batch_size_x0.5": 120} and "tokens" in text

@@ -69,8 +69,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def default_out(type_name: str, variants: list[str]) -> str:
     """runs/sweep_<type>_<variants>: the same command resumes, another set of variants gets its own folder."""
-    from foundry.mutate import _safe
-    return f"runs/sweep_{type_name}_{'_'.join(_safe(v) for v in variants)}"[:120]
+    from foundry.mutate import safe_fragment
+    return f"runs/sweep_{type_name}_{'_'.join(safe_fragment(v) for v in variants)}"[:120]
 
 
 def main(argv: list[str] | None = None) -> int:

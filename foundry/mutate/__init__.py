@@ -38,6 +38,10 @@ class MutationError(ValueError):
     """A mutation that cannot be made: unknown type or variant, or an invalid result (message says why)."""
 
 
+class UnknownMutation(MutationError):
+    """An unknown type or variant (a typo): the message lists the valid ones, closest first."""
+
+
 class NoOpMutation(MutationError):
     """The mutation would not change what is trained."""
 
@@ -60,7 +64,7 @@ class MutationType:
     def file_stem(self, variant: str) -> str:
         if self.stem is not None:
             return self.stem(variant)
-        return f"{self.name}_{_safe(variant)}"
+        return f"{self.name}_{safe_fragment(variant)}"
 
     def concrete(self, cfg: ExperimentConfig | None) -> list[str]:
         """Valid variant strings for `cfg` (patterns expanded where the config tells how)."""
@@ -84,7 +88,7 @@ def mutation(name: str, *, group: str, variants: tuple[str, ...], stem=None, exa
     return deco
 
 
-def _safe(variant: str) -> str:
+def safe_fragment(variant: str) -> str:
     """A variant as a file-name fragment: 0.9,0.95 -> 0.9_0.95; spaces and slashes become _."""
     return re.sub(r"[^A-Za-z0-9.+\-]+", "_", variant).strip("_") or "x"
 
@@ -99,7 +103,7 @@ def closest_first(word: str, candidates) -> list[str]:
 def get_type(name: str) -> MutationType:
     _load_types()
     if name not in MUTATIONS:
-        raise MutationError(f"unknown mutation type {name!r}; valid types, closest first: "
+        raise UnknownMutation(f"unknown mutation type {name!r}; valid types, closest first: "
                             f"{', '.join(closest_first(name, MUTATIONS))} (python -m foundry.mutate --list)")
     return MUTATIONS[name]
 
@@ -125,7 +129,7 @@ def apply_mutation(cfg: ExperimentConfig, type_name: str, variant: str, *, paren
         valid = closest_first(variant, mt.concrete(cfg))
         pats = [v for v in mt.variants if "<" in v]
         more = f"; patterns: {', '.join(pats)}" if pats else ""
-        raise MutationError(f"{type_name} {variant!r}: {e}; valid variants, closest first: "
+        raise UnknownMutation(f"{type_name} {variant!r}: {e}; valid variants, closest first: "
                             f"{', '.join(valid) or '(none for this config)'}{more}") from None
     except ConfigError as e:  # a mutation function may refuse with the reason itself
         raise MutationError(f"refused: {type_name} {variant}: {e}") from None

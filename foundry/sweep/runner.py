@@ -93,7 +93,7 @@ class Candidate:
 # Planning
 # --------------------------------------------------------------------------------------------------
 def plan_candidates(base: ExperimentConfig, base_path: str, opts: SweepOptions) -> list[Candidate]:
-    from foundry.mutate import MutationError, NoOpMutation, apply_mutation, get_type
+    from foundry.mutate import MutationError, NoOpMutation, UnknownMutation, apply_mutation, get_type
 
     get_type(opts.type)  # unknown type: fail before anything runs
     cands = [Candidate("baseline", base, None)]
@@ -105,9 +105,9 @@ def plan_candidates(base: ExperimentConfig, base_path: str, opts: SweepOptions) 
         except NoOpMutation as e:
             cands.append(Candidate(_label(opts.type, v), None, mutation, str(e), "noop"))
             continue
-        except MutationError as e:
-            if "valid variants" in str(e) or "unknown" in str(e):
-                raise SweepError(str(e)) from None  # a typo: refuse the whole sweep before training anything
+        except UnknownMutation as e:
+            raise SweepError(str(e)) from None  # a typo: refuse the whole sweep before training anything
+        except MutationError as e:  # refused with the reason: reported, not trained
             cands.append(Candidate(_label(opts.type, v), None, mutation, str(e), "refused"))
             continue
         label = Path(cfg.out_dir).name
@@ -290,7 +290,8 @@ class Sweep:
                                     "out_dir": str(self.out / "trials" / cand.label / f"s{seed}")})
             specs.append({"id": tid, "label": cand.label, "seed_index": i, "config": cfg.to_yaml(),
                           "store": str(self.store.path), "sweep": self.sweep_id,
-                          "parent": None if cand.label == "baseline" else f"{self.sweep_id}/baseline/s{seed}",
+                          "parent": None if cand.label == "baseline" else
+                          f"{self.sweep_id}/baseline/s{self.base.training.seed + i}",  # its pair
                           "mutation": cand.mutation, "threads": self.threads, "code": list(self.code),
                           "tasks": self.opts.tasks if with_tasks else [], "eval_limit": self.opts.eval_limit,
                           "eval_data": self.opts.eval_data,
@@ -497,6 +498,10 @@ class Sweep:
             errs = [r["error"] for r in rows if r and r.get("error")]
             if errs:
                 res["error"] = errs[0]
+            elif status == "pruned":
+                bpb = [b for b in res["val_bpb"] if b is not None]
+                res["error"] = (f"pruned at iteration {max(i for i in res['iters'] if i)} by successive halving "
+                                f"(val bpb {sum(bpb) / len(bpb):.4f} there)") if bpb else "pruned"
             if status == "done" and self.opts.tasks:
                 res["tasks"] = {}
                 for t in self.opts.tasks:
