@@ -13,7 +13,8 @@ Safe with concurrent jobs: WAL journal (readers never block the writer), a busy 
 locked" errors, and every write one short `BEGIN IMMEDIATE` transaction. Intact after SIGKILL: SQLite commits are
 atomic and the WAL is replayed on the next open, so a killed writer loses at most its uncommitted transaction.
 
-`python -m foundry.store [--store PATH] list|show ID` prints what is recorded.
+`recorded_run(cfg)` wraps any run (a `with` block) so it is recorded the same way.
+`python -m foundry.store [--store PATH] list|show ID|promotions` prints what is recorded.
 """
 from __future__ import annotations
 
@@ -202,6 +203,37 @@ class Store:
 
     def integrity(self) -> str:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class _Recording:
+    def __init__(self, run_id: str):
+        self.id, self.metrics, self.artifacts = run_id, {}, None
+
+
+@contextmanager
+def recorded_run(cfg, store: str | os.PathLike | None = None, *, run_id: str | None = None,
+                 mutation: str | None = None, parent: str | None = None) -> Iterator[_Recording]:
+    """Record one run of `cfg` (an ExperimentConfig) around a block: `running` on entry, `done` with
+    `rec.metrics` on a clean exit, `failed` with the error if the block raises (the error propagates).
+
+        with recorded_run(cfg) as rec:
+            rec.metrics = train(cfg)
+    """
+    run_id = run_id or f"{cfg.out_dir}@{time.strftime('%Y%m%dT%H%M%S')}"
+    s = Store(store)
+    lin = cfg.lineage or {}
+    s.start(run_id, cfg.to_yaml(), cfg.hash(), seed=cfg.training.seed, parent=parent or lin.get("parent"),
+            mutation=mutation or lin.get("mutation"), artifacts={"out_dir": str(cfg.out_dir)})
+    rec, t0 = _Recording(run_id), time.perf_counter()
+    try:
+        yield rec
+    except BaseException as e:
+        s.fail(run_id, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - t0)
+        s.close()
+        raise
+    s.finish(run_id, {k: v for k, v in rec.metrics.items() if isinstance(v, (int, float, str, bool, type(None)))},
+             wall_seconds=time.perf_counter() - t0, artifacts=rec.artifacts)
+    s.close()
 
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:

@@ -108,3 +108,20 @@ def test_cli_lists_and_shows(tmp_path, capsys):
     assert main(["--store", str(db), "show", "sw/base/s7"]) == 0
     assert json.loads(capsys.readouterr().out)["seed"] == 7
     assert main(["--store", str(tmp_path / "none.sqlite"), "list"]) == 2
+
+
+def test_recorded_run_records_success_and_failure(tmp_path):
+    from foundry.config import from_dict
+    from foundry.store import recorded_run
+    db = tmp_path / "s.sqlite"
+    cfg = from_dict({"training": {"seed": 7}, "out_dir": "runs/x", "lineage": {"mutation": "lr x2", "parent": "b"}})
+    with recorded_run(cfg, db, run_id="ok") as rec:
+        rec.metrics = {"val_bpb": 1.5, "out_dir": "runs/x", "nested": {"skip": 1}}
+    with pytest.raises(FloatingPointError):
+        with recorded_run(cfg, db, run_id="bad"):
+            raise FloatingPointError("loss became nan")
+    s = Store(db)
+    ok, bad = s.get("ok"), s.get("bad")
+    assert ok["status"] == "done" and ok["metrics"] == {"val_bpb": 1.5, "out_dir": "runs/x"}
+    assert ok["mutation"] == "lr x2" and ok["parent"] == "b" and ok["seed"] == 7 and ok["config_hash"] == cfg.hash()
+    assert bad["status"] == "failed" and "loss became nan" in bad["error"] and bad["wall_seconds"] is not None
