@@ -67,9 +67,11 @@ class GPT(nn.Module):
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as GPT-2
         self.loss_fn = loss_fn if loss_fn is not None else LOSS.get("ce")()
         self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance stays put
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance stays put.
+        # Convention: inside a block, a Linear named `proj` is one that writes into the residual stream
+        # (attn.proj, mlp.proj, and each MoE expert's proj).
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight") and ".attn." in name or name.endswith("mlp.proj.weight"):
+            if name.startswith("blocks.") and name.endswith(".proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:

@@ -118,3 +118,16 @@ def test_state_dict_names_are_clean():
 def test_model_needs_a_vocab_size():
     with pytest.raises(ValueError, match="vocab_size"):
         GPT(from_dict({}).model_args)
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu", "moe"])
+def test_residual_projections_get_the_scaled_init(mlp):
+    """GPT-2's 1/sqrt(2 n_layer) init reaches every Linear writing into the residual stream, MoE experts too."""
+    torch.manual_seed(0)
+    m = GPT(from_dict({"model_args": dict(n_layer=8, n_head=4, n_embd=64, block_size=16, vocab_size=53,
+                                          mlp=mlp)}).model_args)
+    projs = [(n, p) for n, p in m.named_parameters() if n.startswith("blocks.") and n.endswith(".proj.weight")]
+    assert any(".experts." in n for n, _ in projs) == (mlp == "moe")
+    for n, p in projs:
+        assert p.std().item() < 0.02 / 4 * 1.3, n  # 0.02 / sqrt(16) = 0.005
+    assert m.blocks[0].attn.qkv.weight.std().item() > 0.015
