@@ -4,6 +4,9 @@
     python bench/bench_train.py full                            both full 2,000-iteration runs: val loss and speed
     python bench/bench_train.py v1v2                            v2 vs v1 at the same parameter count and iterations
     python bench/bench_train.py steps                           where a step's time goes (optimiser, clip, model)
+    python bench/bench_train.py dtype                           fp32 vs bf16 autocast on this CPU
+    python bench/bench_train.py reference                       the stand-in alone, 2,000 iterations, val loss
+    python bench/bench_train.py evalrun RUN_DIR...              a run's val loss on its windows and the whole split
 
 The reference is bench/nanogpt_ref.py: an independent plain-PyTorch re-implementation of the per-iteration work
 of nanoGPT's CPU run (nanoGPT's code is not on this machine and is not copied). Speed is measured side by side in
@@ -55,10 +58,13 @@ def prepare(data_dir: Path | None) -> Path:
     return d
 
 
+THREADS: list[str] = []  # --threads N adds training.num_threads=N here
+
+
 def config(data: Path, out: str, extra: list[str] = ()):
     from foundry.config import load_experiment
 
-    return load_experiment(EXPERIMENT, [f"data.path={data}", f"out_dir={OUT / out}", *extra])
+    return load_experiment(EXPERIMENT, [f"data.path={data}", f"out_dir={OUT / out}", *THREADS, *extra])
 
 
 def record(kind: str, **row) -> dict:
@@ -149,6 +155,37 @@ def cmd_v1v2(args, data):
     record("v1v2", **rows, v2_better=rows["v2"]["val_loss"] < rows["v1"]["val_loss"])
 
 
+def cmd_reference(args, data):
+    """The stand-in alone for 2,000 iterations, evaluated on foundry's declared windows and on the whole split."""
+    from foundry.data.dataset import load_data
+
+    cfg = config(data, "reference")
+    ref, ms, losses = reference(data, args.iters or 2000, cfg.training.num_threads)
+    val = load_data(data).val
+    n_all = (len(val) - 1) // cfg.model_args.block_size
+    record("reference", ms_per_iter=ms, final_train_loss=float(np.mean(losses[-10:])),
+           val_loss_declared_windows=ref.val_loss(val, cfg.training.eval_iters * cfg.training.batch_size),
+           val_loss_whole_split=ref.val_loss(val, n_all), iters=len(losses))
+
+
+def cmd_evalrun(args, data):
+    """A finished foundry run's validation loss on its declared windows and on the whole validation split."""
+    from foundry.checkpoint import load_run
+    from foundry.data.dataset import load_data
+    from foundry.train import evaluate
+
+    rows = {}
+    for run_dir in args.runs:
+        run = load_run(run_dir, which="last")
+        d = load_data(data)
+        declared = evaluate(run.model, d, run.config, torch.device("cpu"), torch.autocast("cpu", enabled=False))
+        whole = evaluate(run.model, d, run.config.replace({"training.eval_iters": 10**6}), torch.device("cpu"),
+                         torch.autocast("cpu", enabled=False))
+        rows[str(run_dir)] = {"val_loss_declared_windows": declared["val_loss"], "val_loss_whole_split": whole["val_loss"],
+                              "val_bpb_whole_split": whole["val_bpb"], "whole_split_tokens": whole["val_tokens"]}
+    record("evalrun", **rows)
+
+
 def cmd_steps(args, data):
     """Time the parts of one step in foundry's configuration vs the reference's (medians of interleaved runs)."""
     from foundry.data.dataset import load_data
@@ -163,6 +200,14 @@ def cmd_steps(args, data):
     opt = build_optimizer(model, cfg.training, "cpu")
     sampler = make_sampler(load_data(data), cfg)
     ref = NanoGPTReference(str(data), 65)
+    step_model = model
+    if args.compile:  # foundry's side through torch.compile (training.compile: true); compilation is timed apart
+        t = time.perf_counter()
+        step_model = torch.compile(model)
+        x, y = sampler.next_batch()
+        step_model(x, y)[0].backward()
+        model.zero_grad(set_to_none=True)
+        print(f"compile: {time.perf_counter() - t:.1f} s", flush=True)
     parts = {k: [] for k in ("f_batch", "f_fwd_bwd", "f_clip", "f_opt", "r_batch", "r_fwd_bwd", "r_clip", "r_opt")}
 
     def timed(key, fn):
@@ -173,27 +218,60 @@ def cmd_steps(args, data):
 
     for i in range(args.iters):
         x, y = timed("f_batch", sampler.next_batch)
-        timed("f_fwd_bwd", lambda: model(x, y)[0].backward())
+        timed("f_fwd_bwd", lambda: step_model(x, y)[0].backward())
         timed("f_clip", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True))
         timed("f_opt", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
         xr, yr = timed("r_batch", ref.get_batch)
         timed("r_fwd_bwd", lambda: ref.model(xr, yr).backward())
         timed("r_clip", lambda: torch.nn.utils.clip_grad_norm_(ref.model.parameters(), 1.0))
         timed("r_opt", lambda: (ref.opt.step(), ref.opt.zero_grad(set_to_none=True)))
-    record("steps", **{k: statistics.median(v[3:]) for k, v in parts.items()}, iters=args.iters)
+    med = {k: statistics.median(v[3:]) for k, v in parts.items()}
+    f_total, r_total = (sum(v for k, v in med.items() if k.startswith(p)) for p in ("f_", "r_"))
+    record("steps", **med, foundry_step_ms=f_total, reference_step_ms=r_total, speedup=r_total / f_total,
+           compile=args.compile, iters=args.iters)
+
+
+def cmd_dtype(args, data):
+    """fp32 vs bf16 autocast forward+backward of the foundry model on this CPU, interleaved (decides dtype auto)."""
+    from foundry.data.dataset import load_data
+    from foundry.data.sampler import make_sampler
+    from foundry.model import GPT
+
+    cfg = config(data, "dtype", ["model_args.vocab_size=65"])
+    torch.set_num_threads(cfg.training.num_threads)
+    model = GPT(cfg.model_args)
+    sampler = make_sampler(load_data(data), cfg)
+    times = {"float32": [], "bfloat16": []}
+    for i in range(args.iters):
+        for name in times:
+            x, y = sampler.next_batch()
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bfloat16"):
+                loss, _ = model(x, y)
+            loss.backward()
+            times[name].append((time.perf_counter() - t) * 1000)
+            model.zero_grad(set_to_none=True)
+    f32, bf16 = (statistics.median(v[2:]) for v in times.values())
+    record("dtype", fp32_fwd_bwd_ms=f32, bf16_autocast_fwd_bwd_ms=bf16, bf16_over_fp32=bf16 / f32, iters=args.iters)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "full", "v1v2", "steps"])
+    p.add_argument("what", choices=["speed", "full", "v1v2", "steps", "dtype", "reference", "evalrun"])
+    p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--compile", action="store_true", help="steps: run foundry's model through torch.compile")
+    p.add_argument("--threads", type=int, default=None, help="override training.num_threads for both sides")
     p.add_argument("--iters", type=int, default=None, help="iterations per round/run (default: 40; full runs 2000)")
     args = p.parse_args(argv)
     data = prepare(args.data)
-    if args.what in ("speed", "steps") and args.iters is None:
+    if args.threads:
+        THREADS.append(f"training.num_threads={args.threads}")
+    if args.what in ("speed", "steps", "dtype") and args.iters is None:
         args.iters = 40
-    {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps}[args.what](args, data)
+    {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype,
+     "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 
 
