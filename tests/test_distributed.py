@@ -5,6 +5,7 @@ Tolerance: the three runs train on exactly the same rows (the samplers partition
 differ only by the order of floating-point reductions; losses must agree within 1e-4 (absolute, nats) over
 20 iterations and the weights within 1e-4."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,21 +52,24 @@ def curve(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """One single-process run and one 2-process torchrun run per mode, shared by the tests below."""
     root = tmp_path_factory.mktemp("dist")
     data = write_char_dataset(root / "data")
     single = root / "single"
     train(tiny_config(data, single, **RUN), quiet=True)
-    return root, data, single
+    stdout = {}
+    for mode in ("ddp", "fsdp"):
+        exp = root / f"{mode}.yaml"
+        exp.write_text(tiny_config(data, root / mode, **RUN, **{"training.distributed": mode}).to_yaml())
+        stdout[mode] = torchrun(exp).stdout
+    return root, data, single, stdout
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_torchrun_follows_the_single_process_curve(runs, mode):
-    root, data, single = runs
+    root, data, single, stdout = runs
     out = root / mode
-    exp = root / f"{mode}.yaml"
-    exp.write_text(tiny_config(data, out, **RUN, **{"training.distributed": mode}).to_yaml())
-    done = torchrun(exp)
-    assert f"2 processes ({mode})" in done.stdout and done.stdout.count("foundry:") == 1  # rank 0 alone prints
+    assert f"2 processes ({mode})" in stdout[mode] and stdout[mode].count("foundry:") == 1  # rank 0 alone prints
     start = read_metrics(out / "metrics.jsonl")[0]
     assert start["world_size"] == 2 and start["distributed"] == mode
     a, b = curve(single), curve(out)
@@ -82,16 +86,19 @@ def test_torchrun_follows_the_single_process_curve(runs, mode):
     assert run.config.training.distributed == mode
 
 
-def test_fsdp_checkpoint_resumes_in_one_process_and_back(runs):
-    """A 2-process FSDP run stopped at 10 iterations is extended to 20 by a single process: the data order
-    continues exactly, so it follows the uninterrupted single-process curve."""
-    root, data, single = runs
-    out = root / "fsdp_then_single"
-    cfg = tiny_config(data, out, **RUN, **{"training.distributed": "fsdp"})
-    exp = root / "fsdp_10.yaml"
-    exp.write_text(cfg.to_yaml())
-    torchrun(exp, "--set", "training.max_iters=10")
-    assert load_state(out / "ckpt_last")["iter"] == 10
-    train(cfg, quiet=True)  # one process continues the FSDP checkpoint
-    a, b = curve(single), curve(out)
-    assert list(b) == list(range(1, 21)) and max(abs(a[i] - b[i]) for i in a) < TOL
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_torchrun_checkpoint_is_extended_by_one_process(runs, mode):
+    """A 2-process run's checkpoint (20 iterations) is extended to 26 by a single process: the data order
+    continues exactly (the samplers' row counter is global), so it follows the single-process run extended
+    the same way."""
+    root, data, single, _ = runs
+    curves = {}
+    for name, src in (("single", single), (mode, root / mode)):
+        out = root / f"{name}_extended_{mode}"
+        shutil.copytree(src, out)
+        sets = {**RUN, "training.max_iters": 26, **({} if name == "single" else {"training.distributed": mode})}
+        cfg = tiny_config(data, out, **sets)
+        train(cfg, quiet=True)
+        curves[name] = curve(out)
+    a, b = curves["single"], curves[mode]
+    assert list(b) == list(range(1, 27)) and max(abs(a[i] - b[i]) for i in a) < TOL
