@@ -400,6 +400,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         ev: dict = {}
         bad_at = torch.full((), -1, dtype=torch.long, device=device)   # first iteration with a non-finite value
         loss_window = torch.zeros((), device=device)                   # summed loss since the last log line
+        aux_window = torch.zeros((), device=device)                    # summed auxiliary loss (MoE balancing)
+        has_aux = False
         window_iters, t_last, train_time, train_iters = 0, time.perf_counter(), 0.0, 0
         clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")      # inf: measure the norm, do not clip
         for it in range(start_iter, tc.max_iters):
@@ -412,8 +414,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with D.no_sync(wrapped, mode, micro == accum - 1):
                     with ctx:
-                        loss, _ = step_model(x, y)
+                        loss, parts = step_model(x, y)
                     (loss / accum).backward()
+                if parts.get("aux_loss") is not None:
+                    aux_window += parts["aux_loss"] / accum
+                    has_aux = True
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
             if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP
@@ -437,6 +442,9 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 tps = tokens_per_iter / dt
                 row = dict(iter=done, loss=loss_val, lr=lr, tokens_per_sec=tps, ms_per_iter=dt * 1000,
                            grad_norm=float(grad_norm))
+                if has_aux:  # reported apart from `loss`, which already includes it
+                    row["aux_loss"] = float(D.all_reduce_mean(aux_window, info)) / window_iters
+                    aux_window.zero_()
                 mfu_txt = f"{flops_per_iter / dt / 1e9:,.1f} GFLOP/s"
                 if peak:
                     row["mfu"] = flops_per_iter / dt / peak
