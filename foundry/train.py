@@ -519,10 +519,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="also log to TensorBoard (out_dir/tb) or Weights & Biases offline (out_dir/wandb); "
                         "needs the matching extra: pip install -e '.[tensorboard]' / '.[wandb]'")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--no-store", action="store_true",
+                   help="do not record this run in the experiment store ($FOUNDRY_STORE, default runs/foundry.sqlite)")
     args = p.parse_args(argv)
     try:
         cfg = load_experiment(args.experiment, args.overrides)
-        train(cfg, resume=args.resume, quiet=args.quiet, loggers=tuple(args.loggers))
+        run = lambda: train(cfg, resume=args.resume, quiet=args.quiet, loggers=tuple(args.loggers))  # noqa: E731
+        if args.no_store or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 records
+            run()
+        else:
+            from foundry.store import recorded_run
+            with recorded_run(cfg) as rec:
+                rec.metrics = run()
     except (ConfigError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

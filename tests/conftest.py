@@ -3,12 +3,16 @@ with a clear reason when it is absent (a user's machine will not have it)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# runs started by tests record into a throwaway experiment store, never the user's runs/foundry.sqlite
+os.environ.setdefault("FOUNDRY_STORE", str(Path(tempfile.mkdtemp(prefix="foundry-test-store-")) / "store.sqlite"))
+
 SHARED_DATA = Path(os.environ.get("FOUNDRY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

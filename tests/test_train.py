@@ -2,6 +2,7 @@
 non-finite loss, gradient accumulation, loggers and the command line."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from foundry.checkpoint import load_run, load_state
 from foundry.config import ConfigError
 from foundry.data.dataset import load_data
 from foundry.train import evaluate, main, read_metrics, train
+
+REPO = Path(__file__).resolve().parents[1]
 from train_helpers import tiny_config, write_char_dataset
 
 
@@ -158,3 +161,20 @@ def test_command_line(data_dir, tmp_path, capsys):
     assert "iter      4/4" in printed and "tok/s" in printed and "ETA" in printed and "val bpb" in printed
     assert main([str(exp), *sets, "--set", "training.max_iters=0"]) == 2
     assert "training.max_iters: must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_runs_are_recorded_in_the_store(tmp_path, monkeypatch):
+    """Every run is recorded (issue 6): `python -m foundry.train` writes a row, done with its metrics."""
+    from foundry.store import Store
+    from foundry.train import main
+
+    db = tmp_path / "store.sqlite"
+    monkeypatch.setenv("FOUNDRY_STORE", str(db))
+    argv = [str(REPO / "experiments" / "baseline.yaml"), "--quiet", "--set", f"out_dir={tmp_path / 'run'}"]
+    for s in ("model_args.n_layer=1", "model_args.n_embd=32", "model_args.block_size=16", "training.max_iters=2",
+              "training.eval_iters=1", "training.batch_size=2", "training.sample_tokens=0"):
+        argv += ["--set", s]
+    assert main(argv) == 0
+    rows = Store(db).runs()
+    assert rows, "no run recorded"
+    assert rows[-1]["status"] == "done" and rows[-1]["metrics"]["val_loss"] > 0
