@@ -227,6 +227,25 @@ def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
             "val_tokens": total_tokens}
 
 
+# Keys that may differ when a run is continued: its length (extending a run, successive halving) and how
+# it is executed or reported, none of which changes the weights it computes on the same device.
+RESUMABLE_CHANGES = {"training.max_iters", "training.device", "training.num_threads", "training.compile",
+                     "training.log_interval", "training.sample_tokens", "training.sample_prompt", "eval.tasks",
+                     "eval.limit", "eval.num_fewshot", "out_dir", "lineage"}
+
+
+def _config_diff(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k not in ("extra", "lineage"):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    fa, fb = dict(flat(a.to_dict())), dict(flat(b.to_dict()))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
 # --------------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------------
@@ -287,10 +306,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         st = None
         if ckpt is not None:
             stored = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-            # max_iters may grow (extending a run, successive halving); anything else must match
-            if stored.replace({"training.max_iters": 1}).hash() != cfg.replace({"training.max_iters": 1}).hash():
-                raise FileExistsError(f"{out} holds a run of a different experiment (config hash {stored.hash()} "
-                                      f"vs {cfg.hash()}); choose another out_dir or delete that run")
+            changed = [k for k in _config_diff(stored, cfg) if k not in RESUMABLE_CHANGES]
+            if changed:
+                raise FileExistsError(f"{out} holds a run of a different experiment ({', '.join(changed[:6])} "
+                                      f"differ from the stored config); choose another out_dir or delete that run")
             st = load_state(ckpt)
         elif resume:
             say(f"--resume: no checkpoint in {out}, starting a new run")

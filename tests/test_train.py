@@ -178,3 +178,16 @@ def test_cli_runs_are_recorded_in_the_store(tmp_path, monkeypatch):
     rows = Store(db).runs()
     assert rows, "no run recorded"
     assert rows[-1]["status"] == "done" and rows[-1]["metrics"]["val_loss"] > 0
+
+
+def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_path):
+    from foundry.config import from_dict
+
+    base = from_dict({"model_args": dict(n_layer=1, n_head=2, n_embd=32, block_size=16),
+                      "training": dict(max_iters=2, eval_interval=2, eval_iters=1, batch_size=2, sample_tokens=0),
+                      "out_dir": str(tmp_path / "run")})
+    train(base, quiet=True)
+    more = base.replace({"training.max_iters": 4, "training.num_threads": 1, "training.log_interval": 1})
+    assert train(more, quiet=True)["iters"] == 4
+    with pytest.raises(FileExistsError, match="training.learning_rate"):
+        train(more.replace({"training.learning_rate": 5e-4}), quiet=True)
