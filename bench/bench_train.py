@@ -261,13 +261,15 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--compile", action="store_true", help="steps: run foundry's model through torch.compile")
+    p.add_argument("--compile", action="store_true", help="steps/speed: foundry's side with torch.compile")
     p.add_argument("--threads", type=int, default=None, help="override training.num_threads for both sides")
     p.add_argument("--iters", type=int, default=None, help="iterations per round/run (default: 40; full runs 2000)")
     args = p.parse_args(argv)
     data = prepare(args.data)
     if args.threads:
         THREADS.append(f"training.num_threads={args.threads}")
+    if args.compile and args.what == "speed":
+        THREADS.append("training.compile=true")
     if args.what in ("speed", "steps", "dtype") and args.iters is None:
         args.iters = 40
     {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype,
