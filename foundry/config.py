@@ -45,7 +45,7 @@ BUILTIN_COMPONENTS: dict[str, tuple[str, ...]] = {
     "attention": ("mha", "gqa", "mla", "sliding_window", "block_sparse", "strided"),
     "position": ("learned", "rope", "alibi", "nope", "hybrid"),
     "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "swiglu", "glu", "reglu", "geglu", "relu2", "moe"),
+    "mlp": ("gelu", "gelu_tanh", "swiglu", "glu", "reglu", "geglu", "relu2", "moe"),
     "loss": ("ce", "focal", "label_smoothing"),
 }
 NORM_PLACEMENTS = ("pre", "post", "sandwich")

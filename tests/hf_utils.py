@@ -13,7 +13,8 @@ def gpt2_to_foundry(hf) -> GPT:
     c = hf.config
     cfg = from_dict({"base_model": "v1", "model_args": dict(
         n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
-        bias=True, norm_eps=c.layer_norm_epsilon)}).model_args
+        bias=True, norm_eps=c.layer_norm_epsilon,
+        mlp={"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}[c.activation_function])}).model_args
     model = GPT(cfg)
     sd = hf.state_dict()
     new = {"wte.weight": sd["transformer.wte.weight"], "pos.wpe.weight": sd["transformer.wpe.weight"],

@@ -6,7 +6,8 @@ pytest.importorskip("transformers", reason="the parity tests need the `test` ext
 from hf_utils import tiny_gpt2_pair, tiny_llama_pair  # noqa: E402
 
 ATOL = 1e-5
-PAIRS = {"gpt2": tiny_gpt2_pair, "llama": tiny_llama_pair}
+PAIRS = {"gpt2": tiny_gpt2_pair, "llama": tiny_llama_pair,
+         "gpt2-exact-gelu": lambda: tiny_gpt2_pair(activation_function="gelu")}
 
 
 def _inputs(vocab=97, B=3, T=17):
