@@ -66,6 +66,7 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as GPT-2
         self.loss_fn = loss_fn if loss_fn is not None else LOSS.get("ce")()
+        self._aux_modules: list[nn.Module] | None = None
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's variance stays put.
         # Convention: inside a block, a Linear named `proj` is one that writes into the residual stream
@@ -110,8 +111,13 @@ class GPT(nn.Module):
         return loss, {"loss_main": main.detach(), "aux_loss": aux.detach() if aux is not None else None}
 
     def collect_aux_loss(self) -> torch.Tensor | None:
-        """Sum of auxiliary losses (e.g. MoE load balancing) left by modules during the last forward."""
-        parts = [m.aux_loss for m in self.modules() if torch.is_tensor(getattr(m, "aux_loss", None))]
+        """Sum of auxiliary losses (e.g. MoE load balancing) left by modules during the last forward.
+
+        Modules that produce one declare `self.aux_loss = None` in __init__; they are found once, on the first
+        call (after any transform of the built model), not by walking every module on every step."""
+        if self._aux_modules is None:
+            self._aux_modules = [m for m in self.modules() if m is not self and hasattr(m, "aux_loss")]
+        parts = [m.aux_loss for m in self._aux_modules if m.aux_loss is not None]
         return torch.stack(parts).sum() if parts else None
 
     # ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 
 from foundry.config import ModelConfig
 from foundry.modules.norm import RMSNorm
-from foundry.modules.position import apply_rope, rope_cos_sin
+from foundry.modules.position import Position, apply_rope, rope_cos_sin
 from foundry.modules.registries import ATTENTION
 
 
@@ -179,6 +179,11 @@ class CausalSelfAttention(nn.Module):
     def attend_scores(self, q, k, v, pos, start: int, mask):
         """Combine causality, the variant's pattern, the position bias and the caller's mask."""
         Tq, Tk = q.shape[2], k.shape[2]
+        dropout = self.dropout if self.training else 0.0
+        if (mask is None and not (start > 0 and Tq > 1) and type(self).allowed is CausalSelfAttention.allowed
+                and type(pos).bias is Position.bias):
+            # dense causal attention with no score bias: straight to SDPA's is_causal path
+            return attend(q, k, v, softcap=self.cfg.attn_softcap, dropout=dropout, causal=True)
         q_slots = torch.arange(start, start + Tq, device=q.device)
         k_slots = torch.arange(Tk, device=q.device)
         pattern = self.allowed(q_slots, k_slots)
@@ -190,8 +195,8 @@ class CausalSelfAttention(nn.Module):
                 allowed = allowed & pattern
             if mask is not None:
                 allowed = allowed & mask
-        return attend(q, k, v, allowed=allowed, bias=bias, softcap=self.cfg.attn_softcap,
-                      dropout=self.dropout if self.training else 0.0, causal=True)
+        return attend(q, k, v, allowed=allowed, bias=bias, softcap=self.cfg.attn_softcap, dropout=dropout,
+                      causal=True)
 
 
 @ATTENTION.register("gqa")
