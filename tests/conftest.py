@@ -25,7 +25,12 @@ def shared_file(rel: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_one_thread():
+    """Every test starts seeded and on one intra-op thread: the tiny models here run fastest that way, and two
+    threads on a loaded 2-core machine were measured ~100x slower (OpenMP barriers spin while their cores are
+    taken). A test that wants more threads sets them itself."""
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)

@@ -33,16 +33,6 @@ TINY = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=T, vocab_size=V, b
                    moe=MoEConfig(n_experts=4, top_k=2, capacity_factor=1.25, aux_loss_coef=0.01))
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~100x slower
-    (OpenMP barriers spin while their cores are taken)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def make_cfg(**kw) -> ModelConfig:
     return dataclasses.replace(TINY, **kw)
 

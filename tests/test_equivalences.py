@@ -28,16 +28,6 @@ B, T, V = 2, 16, 64
 BASE = ModelConfig(n_layer=2, n_head=4, n_embd=32, block_size=T, vocab_size=V)
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~100x slower
-    (OpenMP barriers spin while their cores are taken)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def cfg_(**kw) -> ModelConfig:
     c = dataclasses.replace(BASE, **kw)
     c.check()

@@ -29,16 +29,6 @@ CASES = ([("attention", n, dict(attention=n, position="rope")) for n in REGISTRI
          + [("loss", n, dict()) for n in REGISTRIES["loss"].names()])
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; two threads on a loaded 2-core machine are ~100x slower
-    (OpenMP barriers spin while their cores are taken)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 def train_steps(cfg: ModelConfig, loss_name: str = "ce", steps: int = 30, lr: float = 3e-3) -> list[float]:
     torch.manual_seed(0)
     tc = TrainingConfig(z_loss=1e-4)
