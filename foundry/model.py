@@ -11,7 +11,7 @@ State-dict names (stable; the zoo's key maps and LoRA's name patterns rely on th
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -150,11 +150,13 @@ class GPT(nn.Module):
     def generate(self, prompts: torch.Tensor | Sequence[Sequence[int]], max_new_tokens: int, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> list[list[int]]:
+                 use_cache: bool = True,
+                 should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
         """Sample continuations for a batch of prompts (a (B, T) tensor or lists of ids of any lengths).
 
         Prompts are left-padded; per-row positions and a key mask keep padding invisible. temperature 0 is
-        greedy. Returns the new tokens of each prompt, cut after the first stop token (kept).
+        greedy. Returns the new tokens of each prompt, cut after the first stop token (kept). `should_stop(row,
+        new_ids)` ends a row early on any other condition (e.g. a stop string spanning several tokens).
         """
         device = next(self.parameters()).device
         rows = [list(map(int, p)) for p in (prompts.tolist() if torch.is_tensor(prompts) else prompts)]
@@ -177,8 +179,8 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         caches = self.new_caches(B, total) if use_cache else None
-        out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
         seq, step_in, t0 = idx, idx, 0
         try:
             for _ in range(max_new_tokens):
@@ -190,12 +192,12 @@ class GPT(nn.Module):
                 mask = k_real[:, None, None, :] | (torch.arange(t0 + T, device=device)[None, :] == slots[:, None])
                 logits = self(step_in, positions=positions, mask=mask, caches=caches)[:, -1, :].float()
                 nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+                picked = nxt.tolist()  # one device sync per step
                 for b in range(B):
                     if not done[b]:
-                        out[b].append(int(nxt[b]))
-                        if int(nxt[b]) in stop:
-                            done[b] = True
-                if bool(done.all()):
+                        out[b].append(picked[b])
+                        done[b] = picked[b] in stop or (should_stop is not None and should_stop(b, out[b]))
+                if all(done):
                     break
                 seq = torch.cat([seq, nxt[:, None]], dim=1)
                 if use_cache:

@@ -131,3 +131,20 @@ def test_residual_projections_get_the_scaled_init(mlp):
     for n, p in projs:
         assert p.std().item() < 0.02 / 4 * 1.3, n  # 0.02 / sqrt(16) = 0.005
     assert m.blocks[0].attn.qkv.weight.std().item() > 0.015
+
+
+@pytest.mark.parametrize("base", ["v1", "v2"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_sees_its_own_earlier_tokens(base, use_cache):
+    """Greedy generation equals argmax of the full forward over prompt + everything generated so far, on a
+    model with large weights (sharp, input-sensitive logits), for left-padded rows as well."""
+    torch.manual_seed(3)
+    m = tiny(base, init_std=0.5)
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    outs = m.generate(prompts, 10, temperature=0, use_cache=use_cache)
+    for p, out in zip(prompts, outs):
+        seq = list(p)
+        for tok in out:
+            assert tok == int(m(torch.tensor([seq]))[0, -1].argmax())
+            seq.append(tok)
+        assert len(set(out)) > 1, "degenerate output: the test would not see masking errors"

@@ -149,8 +149,6 @@ class LM:
                        generator: torch.Generator | None = None) -> list[str | None]:
         """Continue each prompt until a stop string appears (cut before it) or max_new_tokens; greedy at
         temperature 0. Left-padded batches decode together through the KV cache. None = unencodable prompt."""
-        from foundry.model import sample_next
-
         bs = batch_size or self.batch_size
         # a small context keeps at least half of itself for the prompt (its end: the question being asked)
         max_new_tokens = max(1, min(max_new_tokens, self.max_length // 2))
@@ -166,48 +164,21 @@ class LM:
         todo = sorted((i for i in range(len(prompts)) if enc[i] is not None), key=lambda i: -len(enc[i]))
         for s in range(0, len(todo), bs):
             chunk = todo[s:s + bs]
-            texts = self._decode_batch([enc[i] for i in chunk], list(stop), max_new_tokens, temperature, generator,
-                                       sample_next)
+            texts = self._decode_batch([enc[i] for i in chunk], list(stop), max_new_tokens, temperature, generator)
             for i, t in zip(chunk, texts):
                 out[i] = t
         return out
 
-    def _decode_batch(self, rows, stop, max_new_tokens, temperature, generator, sample_next) -> list[str]:
-        model, dev = self.model, self.device
-        B, L = len(rows), max(len(r) for r in rows)
-        total = L + max_new_tokens
-        idx = torch.zeros(B, L, dtype=torch.long, device=dev)
-        real = torch.zeros(B, total, dtype=torch.bool, device=dev)   # key slots holding real tokens
-        for b, r in enumerate(rows):
-            idx[b, L - len(r):] = torch.tensor(r, device=dev)
-            real[b, L - len(r):] = True
-        offset = L - real[:, :L].sum(1)                                  # (B,) left padding per row
-        caches = model.new_caches(B, total)
-        new = [[] for _ in range(B)]
-        texts = [""] * B
-        done = [False] * B
-        step_in, t0 = idx, 0
-        for _ in range(max_new_tokens):
-            T = step_in.shape[1]
-            slots = torch.arange(t0, t0 + T, device=dev)
-            positions = (slots[None, :] - offset[:, None]).clamp(min=0)  # (B, T)
-            # a query sees real keys, and itself so a padding row never has an all-masked softmax
-            mask = real[:, None, None, : t0 + T] | (torch.arange(t0 + T, device=dev)[None, :] == slots[:, None])
-            logits = model(step_in, positions=positions, mask=mask, caches=caches)[:, -1, :].float()
-            nxt = sample_next(logits, temperature, None, None, generator)   # (B,)
-            picked = nxt.tolist()                                            # one device sync per step
-            for b in range(B):
-                if done[b]:
-                    continue
-                new[b].append(picked[b])
-                texts[b] = self.tok.decode(new[b])     # whole text: a multi-token stop string may span tokens
-                if any(x in texts[b] for x in stop):
-                    done[b] = True
-            if all(done):
-                break
-            t0, step_in = t0 + T, nxt[:, None]
-            real[:, t0] = True
-        return [cut_at_stop(t, stop) for t in texts]
+    def _decode_batch(self, rows, stop, max_new_tokens, temperature, generator) -> list[str]:
+        """One left-padded batch through GPT.generate (KV cache); a row ends when its decoded text holds a
+        stop string (decoded whole: a multi-token stop string may span tokens)."""
+        def hit(_row: int, new_ids: list[int]) -> bool:
+            text = self.tok.decode(new_ids)
+            return any(x in text for x in stop)
+
+        new = self.model.generate(rows, max_new_tokens, temperature=temperature, generator=generator,
+                                  should_stop=hit if stop else None)
+        return [cut_at_stop(self.tok.decode(ids), stop) for ids in new]
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
