@@ -71,14 +71,7 @@ def test_leftover_children_are_killed_with_the_group():
     o = run_program(code, Limits(timeout=5.0, guard=False))
     assert o.passed, o.detail   # the sleeper really started
     time.sleep(0.2)
-    alive = []
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    alive.append(pid)
-        except OSError:
-            pass
+    alive = processes_with(marker)
     assert not alive, f"sleeper processes survived the sandbox: {alive}"
 
 
@@ -186,6 +179,12 @@ def test_descendants_that_leave_the_group_die_with_the_namespace():
     o = run_program(code, Limits(timeout=5.0, guard=False))
     assert o.passed, o.detail
     time.sleep(0.3)
+    alive = processes_with(marker)
+    assert not alive, f"a process that called setsid survived the sandbox: {alive}"
+
+
+def processes_with(marker: str) -> list[str]:
+    """PIDs of live processes whose command line contains `marker`."""
     alive = []
     for pid in os.listdir("/proc"):
         try:
@@ -194,4 +193,4 @@ def test_descendants_that_leave_the_group_die_with_the_namespace():
                     alive.append(pid)
         except OSError:
             pass
-    assert not alive, f"a process that called setsid survived the sandbox: {alive}"
+    return alive
