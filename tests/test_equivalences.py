@@ -190,6 +190,67 @@ def test_dense_attention_keeps_the_sdpa_causal_flash_path(monkeypatch):
         assert calls and all(c == (True, None) for c in calls), (attn, calls)
 
 
+def _sdpa_spy(monkeypatch) -> list:
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("t", [2, 17, 128])
+def test_short_cpu_training_attention_is_explicit_and_equals_sdpa(monkeypatch, t):
+    """Training on CPU with T <= EXPLICIT_CAUSAL_MAX_T takes the baddbmm path (faster there); it must be the
+    same function as SDPA's causal attention: outputs and all three input gradients."""
+    from foundry.modules import attention as A
+
+    g = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(3, 4, t, 8, generator=g, requires_grad=True) for _ in range(3))
+    up = torch.randn(3, 4, t, 8, generator=g)
+    calls = _sdpa_spy(monkeypatch)
+    y = A.attend(q, k, v)
+    assert not calls, "the short CPU training path should not call SDPA"
+    (y * up).sum().backward()
+    got = [y.detach()] + [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    (ref * up).sum().backward()
+    for a, b in zip(got, [ref.detach()] + [x.grad for x in (q, k, v)]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_long_or_forward_only_attention_stays_on_sdpa(monkeypatch):
+    from foundry.modules import attention as A
+
+    calls = _sdpa_spy(monkeypatch)
+    long_ = [torch.randn(1, 2, A.EXPLICIT_CAUSAL_MAX_T + 1, 8, requires_grad=True) for _ in range(3)]
+    A.attend(*long_)
+    assert len(calls) == 1 and calls[-1]["is_causal"]
+    short = [torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3)]
+    with torch.no_grad():
+        A.attend(*short)
+    assert len(calls) == 2 and calls[-1]["is_causal"]
+    A.attend(*short, dropout=0.1)  # dropout is SDPA's
+    assert len(calls) == 3
+
+
+def test_model_training_step_is_the_same_on_either_attention_path(monkeypatch):
+    """The whole model's loss and every parameter gradient agree between the explicit and the SDPA path."""
+    from foundry.modules import attention as A
+
+    x, y = tokens(3), tokens(4)
+    out = []
+    for limit in (A.EXPLICIT_CAUSAL_MAX_T, 0):
+        monkeypatch.setattr(A, "EXPLICIT_CAUSAL_MAX_T", limit)
+        torch.manual_seed(0)
+        model = GPT(cfg_())
+        loss, _ = model(x, y)
+        loss.backward()
+        out.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_softcap_equals_its_formula_and_vanishes_when_large():
     cfg = cfg_(attn_softcap=2.0)
     torch.manual_seed(0)
