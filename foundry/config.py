@@ -289,6 +289,7 @@ class TrainingConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False
     num_threads: int = 0                 # CPU intra-op threads; 0 = torch's default
+    cpu_malloc_tuning: bool = True       # CPU runs on glibc: keep freed memory for reuse (see train.tune_cpu_malloc)
     distributed: Literal["auto", "ddp", "fsdp", "none"] = "auto"
     fsdp_min_params: int = 1_000_000_000
     loss: str = "ce"

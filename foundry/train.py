@@ -186,6 +186,38 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return peak
 
 
+# glibc mallopt parameters (malloc.h) and the values foundry sets on CPU runs.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20   # glibc's ceiling for the threshold on 64-bit (HEAP_MAX_SIZE / 2)
+_TRIM_THRESHOLD = 1 << 30
+
+
+def tune_cpu_malloc() -> bool:
+    """Stop glibc from handing activation buffers back to the kernel between steps; True if applied.
+
+    Every training step frees and re-allocates the same activation and gradient buffers (hundreds of KB to
+    a few MB each on small models). glibc serves allocations above its mmap threshold (128 KiB, adapted
+    upwards only slowly) with fresh mmap'd pages and trims the heap top eagerly, so each step page-faults
+    and zero-fills those buffers again: measured at 1,400-3,000 minor faults and 5-10 ms of system CPU time per
+    step on experiments/shakespeare_char_cpu.yaml (bench/bench_train.py malloc). Raising the mmap threshold
+    to its 32 MiB ceiling and the trim threshold to 1 GiB lets the heap keep and reuse those pages (about
+    one fault per step); the price is that the process keeps its peak heap, which training reaches anyway.
+    This is what the jemalloc/tcmalloc advice of PyTorch's CPU performance guide buys, without LD_PRELOAD.
+    A no-op (False) off glibc (macOS, musl) or where libc cannot be loaded."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
+        return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+
+
 def fmt_eta(seconds: float) -> str:
     s = int(max(0, seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -230,6 +262,7 @@ def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
 # Keys that may differ when a run is continued: its length (extending a run, successive halving) and how
 # it is executed or reported, none of which changes the weights it computes on the same device.
 RESUMABLE_CHANGES = {"training.max_iters", "training.device", "training.num_threads", "training.compile",
+                     "training.cpu_malloc_tuning",
                      "training.log_interval", "training.sample_tokens", "training.sample_prompt", "eval.tasks",
                      "eval.limit", "eval.num_fewshot", "out_dir", "lineage"}
 
@@ -285,6 +318,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         dtype = pick_dtype(tc.dtype, device)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
+        if device.type == "cpu" and tc.cpu_malloc_tuning:
+            tune_cpu_malloc()
         ctx = autocast_ctx(device, dtype)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (no effect under bf16)
