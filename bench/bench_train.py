@@ -1,16 +1,20 @@
 """Training benchmarks on nanoGPT's CPU Tiny Shakespeare configuration (experiments/shakespeare_char_cpu.yaml).
 
-    python bench/bench_train.py speed [--rounds 6 --iters 40]   foundry's loop vs the nanoGPT stand-in, interleaved
-    python bench/bench_train.py full                            both full 2,000-iteration runs: val loss and speed
+    python bench/bench_train.py speed [--rounds 6 --iters 150]  foundry's CLI vs the reference, alternating processes
+    python bench/bench_train.py full [--seeds 1337 1 2]         both full 2,000-iteration runs per seed: val loss, speed
     python bench/bench_train.py v1v2                            v2 vs v1 at the same parameter count and iterations
     python bench/bench_train.py steps                           where a step's time goes (optimiser, clip, model)
     python bench/bench_train.py dtype                           fp32 vs bf16 autocast on this CPU
+    python bench/bench_train.py attn                            explicit causal attention vs SDPA's kernel, by T
+    python bench/bench_train.py malloc                          training steps with and without glibc malloc tuning
     python bench/bench_train.py reference                       the stand-in alone, 2,000 iterations, val loss
     python bench/bench_train.py evalrun RUN_DIR...              a run's val loss on its windows and the whole split
 
-The reference is bench/nanogpt_ref.py: an independent plain-PyTorch re-implementation of the per-iteration work
-of nanoGPT's CPU run (nanoGPT's code is not on this machine and is not copied). Speed is measured side by side in
-one process, alternating short chunks, and reported as medians and a ratio, because the 2 shared cores drift.
+The reference is bench/nanogpt_ref.py, an independent plain-PyTorch re-implementation of the per-iteration work
+of nanoGPT's CPU run (nanoGPT's code is not in this repository), or, with --nanogpt DIR, nanoGPT's own train.py
+from a checkout, run with the README's CPU flags. `speed` and `full` run each side as its own process, as a user
+would (`python -m foundry.train ...` and `python train.py ...`), alternating rounds so that the drift of the 2
+shared cores hits both alike, and report medians and the ratio. `steps` and `dtype` time parts in one process.
 Results are appended as JSON lines to runs/bench/bench_train.jsonl; BENCHMARKS.md quotes them.
 
 Data: --data DIR (a prepared character-level directory), else one is written to runs/bench/shakespeare_char from
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -102,34 +109,141 @@ def reference(data: Path, iters: int, threads: int):
     return ref, (time.perf_counter() - t) / iters * 1000, losses
 
 
+# --------------------------------------------------------------------------------------------------
+# Side by side, one process per run (as a user runs nanoGPT and foundry): each keeps its own allocator,
+# threads and warm-up, and the two alternate so that the machine's drift hits both alike.
+# --------------------------------------------------------------------------------------------------
+ITER_LINE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
+NANOGPT_VAL = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+
+
+def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extra: list[str] = ()) -> dict:
+    """`python -m foundry.train` on the experiment in a fresh process; per-window ms/iteration and the summary."""
+    import shutil
+
+    from foundry.train import read_metrics
+
+    out_dir = OUT / out
+    shutil.rmtree(out_dir, ignore_errors=True)
+    sets = [f"data.path={data}", f"out_dir={out_dir}", f"training.max_iters={iters}", *THREADS, *extra]
+    if seed is not None:
+        sets.append(f"training.seed={seed}")
+    if iters < 2000:  # a speed round: no sample, a one-batch final evaluation (not timed either way)
+        sets += ["training.sample_tokens=0", "training.eval_iters=1"]
+    cmd = [sys.executable, "-m", "foundry.train", str(EXPERIMENT), "--no-store", "--quiet"]
+    for kv in sets:
+        cmd += ["--set", kv]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    ms = [r["ms_per_iter"] for r in rows if "ms_per_iter" in r]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    return {"ms_windows": ms, "ms_per_iter": statistics.median(ms[1:] or ms), "summary": summary, "wall_s": wall}
+
+
+def write_nanogpt_meta(data: Path) -> None:
+    """nanoGPT reads the vocabulary size from meta.pkl in its data directory (else it pads to 50,304)."""
+    import pickle
+
+    from foundry.data.tokenize import load_tokenizer
+
+    if (data / "meta.pkl").is_file():
+        return
+    meta = json.loads((data / "meta.json").read_text())
+    tok = load_tokenizer(data / meta["tokenizer"])
+    itos = {i: tok.decode([i]) for i in range(meta["vocab_size"])}
+    with open(data / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": meta["vocab_size"], "itos": itos, "stoi": {c: i for i, c in itos.items()}}, f)
+
+
+def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: bool = False) -> dict:
+    """The reference in a fresh process: nanoGPT's own train.py when --nanogpt DIR is given, else the stand-in.
+    Returns per-iteration ms (nanoGPT's printed `time`, which includes evaluation on eval iterations: the
+    median ignores those) and, with `evaluate`, the final validation loss."""
+    threads = next((int(kv.split("=")[1]) for kv in THREADS if kv.startswith("training.num_threads=")), 2)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if args.nanogpt:
+        write_nanogpt_meta(data)
+        cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+               "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
+               "--n_head=4", "--n_embd=128", f"--max_iters={iters}", "--lr_decay_iters=2000", "--dropout=0.0",
+               f"--dataset={data.resolve()}", f"--out_dir={(OUT / 'nanogpt_out').resolve()}", f"--seed={seed}",
+               f"--eval_interval={250 if evaluate else 10 ** 9}"]
+        cwd = args.nanogpt
+    else:
+        cmd = [sys.executable, str(REPO / "bench" / "nanogpt_ref.py"), "--data", str(data), "--iters", str(iters),
+               "--threads", str(threads), "--seed", str(seed), "--eval-windows", str(240 if evaluate else 0)]
+        cwd = REPO
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, check=True, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    ms, val = [], {}
+    for line in proc.stdout.splitlines():
+        if m := ITER_LINE.match(line):
+            ms.append(float(m.group(3)))
+        elif m := NANOGPT_VAL.match(line):
+            val = {"val_loss": float(m.group(3)), "at_iter": int(m.group(1))}
+        elif line.startswith("{"):
+            val = json.loads(line)
+    if not ms:
+        raise RuntimeError(f"no iteration lines from {' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return {"ms_per_iter": statistics.median(ms[10:] or ms), "wall_s": wall, **val}
+
+
 def cmd_speed(args, data):
-    cfg = config(data, "speed")
-    threads = cfg.training.num_threads
+    """R rounds of N iterations, foundry's CLI and the reference alternating in fresh processes."""
+    ref_name = "nanoGPT" if args.nanogpt else "stand-in"
     f_ms, r_ms = [], []
     for r in range(args.rounds):
-        _, ms = foundry_run(cfg, args.iters)
-        f_ms.append(statistics.median(ms[1:] or ms))  # the first window holds warm-up
-        _, ms_ref, _ = reference(data, args.iters, threads)
-        r_ms.append(ms_ref)
-        print(f"round {r + 1}/{args.rounds}: foundry {f_ms[-1]:.1f} ms/it, reference {ms_ref:.1f} ms/it", flush=True)
+        f_ms.append(foundry_proc(data, "speed", args.iters)["ms_per_iter"])
+        r_ms.append(reference_proc(args, data, args.iters)["ms_per_iter"])
+        print(f"round {r + 1}/{args.rounds}: foundry {f_ms[-1]:.1f} ms/it, {ref_name} {r_ms[-1]:.1f} ms/it "
+              f"({r_ms[-1] / f_ms[-1]:.3f}x)", flush=True)
     f, ref = statistics.median(f_ms), statistics.median(r_ms)
-    tokens = cfg.training.batch_size * cfg.model_args.block_size
-    record("speed", foundry_ms_per_iter=f, reference_ms_per_iter=ref, speedup=ref / f,
+    tokens = 12 * 64
+    record("speed", reference=ref_name, foundry_ms_per_iter=f, reference_ms_per_iter=ref, speedup=ref / f,
+           round_ratios_median=statistics.median(b / a for a, b in zip(f_ms, r_ms)),
            foundry_tokens_per_sec=tokens / f * 1000, reference_tokens_per_sec=tokens / ref * 1000,
            speedup_vs_recorded_nanogpt=NANOGPT_RECORDED["ms_per_iter"] / f, rounds=args.rounds, iters=args.iters,
            foundry_rounds=f_ms, reference_rounds=r_ms)
 
 
-def cmd_full(args, data):
-    cfg = config(data, "full_v1")
-    s, ms = foundry_run(cfg)
-    ref, ref_ms, _ = reference(data, 2000, cfg.training.num_threads)
+def whole_split_loss(run_dir: Path, data: Path) -> float:
+    from foundry.checkpoint import load_run
     from foundry.data.dataset import load_data
+    from foundry.train import evaluate
 
-    ref_val = ref.val_loss(load_data(data).val, n_windows=cfg.training.eval_iters * cfg.training.batch_size)
-    record("full", foundry_val_loss=s["val_loss"], foundry_val_bpb=s["val_bpb"], foundry_ms_per_iter=statistics.median(ms),
-           foundry_tokens_per_sec=s["tokens_per_sec"], foundry_wall_s=s["wall_seconds"], reference_val_loss=ref_val,
-           reference_ms_per_iter=ref_ms, speedup=ref_ms / statistics.median(ms), recorded_nanogpt=NANOGPT_RECORDED)
+    run = load_run(run_dir, which="last")
+    whole = evaluate(run.model, load_data(data), run.config.replace({"training.eval_iters": 10 ** 6}),
+                     torch.device("cpu"), torch.autocast("cpu", enabled=False))
+    return whole["val_loss"]
+
+
+def cmd_full(args, data):
+    """Both full 2,000-iteration runs (fresh processes, one after the other): final validation loss and speed."""
+    seeds = args.seeds or [1337]
+    rows = []
+    for seed in seeds:
+        f = foundry_proc(data, f"full_v1_s{seed}", 2000, seed)
+        r = reference_proc(args, data, 2000, seed, evaluate=True)
+        row = {"seed": seed, "foundry_val_loss": f["summary"]["val_loss"], "foundry_val_bpb": f["summary"]["val_bpb"],
+               "foundry_val_loss_whole_split": whole_split_loss(OUT / f"full_v1_s{seed}", data),
+               "foundry_ms_per_iter": f["ms_per_iter"], "foundry_wall_s": f["wall_s"],
+               "reference_val_loss": r.get("val_loss"), "reference_val_loss_whole_split": r.get("val_loss_whole_split"),
+               "reference_ms_per_iter": r["ms_per_iter"], "reference_wall_s": r["wall_s"],
+               "speedup": r["ms_per_iter"] / f["ms_per_iter"]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    agg = {}
+    for k in ("foundry_val_loss", "foundry_val_loss_whole_split", "reference_val_loss", "reference_val_loss_whole_split",
+              "speedup"):
+        vals = [r[k] for r in rows if r[k] is not None]
+        if vals:
+            agg[k + "_mean"] = statistics.mean(vals)
+            agg[k + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    record("full", reference="nanoGPT" if args.nanogpt else "stand-in", runs=rows, **agg,
+           recorded_nanogpt=NANOGPT_RECORDED)
 
 
 def cmd_v1v2(args, data):
@@ -255,25 +369,104 @@ def cmd_dtype(args, data):
     record("dtype", fp32_fwd_bwd_ms=f32, bf16_autocast_fwd_bwd_ms=bf16, bf16_over_fp32=bf16 / f32, iters=args.iters)
 
 
+def cmd_attn(args, data):
+    """Forward+backward of causal attention at the model's shapes: foundry's explicit short-sequence path
+    (modules.attention._explicit_causal) vs SDPA's kernel, interleaved, by sequence length and head size."""
+    import torch.nn.functional as F
+
+    from foundry.modules.attention import EXPLICIT_CAUSAL_MAX_T, _explicit_causal
+
+    torch.set_num_threads(args.threads or 2)
+    rows = []
+    for T in (32, 64, 128, 256, 512):
+        for hs in (32, 64):
+            B, nh = max(1, 12 * 64 // T), 4  # the config's 768 tokens per micro-batch, 4 heads
+            q, k, v = (torch.randn(B, nh, T, hs, requires_grad=True) for _ in range(3))
+            g = torch.randn(B, nh, T, hs)
+            times = {"explicit": [], "sdpa": []}
+            fns = {"explicit": lambda: _explicit_causal(q, k, v),
+                   "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+            for _ in range(args.iters):
+                for name, fn in fns.items():
+                    t = time.perf_counter()
+                    fn().backward(g)
+                    times[name].append((time.perf_counter() - t) * 1000)
+                    q.grad = k.grad = v.grad = None
+            e, s = (statistics.median(times[n][3:]) for n in ("explicit", "sdpa"))
+            rows.append({"T": T, "head_size": hs, "batch": B, "explicit_ms": e, "sdpa_ms": s, "explicit_speedup": s / e,
+                         "taken_in_training": T <= EXPLICIT_CAUSAL_MAX_T})
+            print(json.dumps(rows[-1]), flush=True)
+    record("attn", rows=rows, iters=args.iters)
+
+
+MALLOC_PROBE = """
+import json, resource, sys, time, torch
+from foundry.config import load_experiment
+from foundry.data.dataset import load_data
+from foundry.data.sampler import make_sampler
+from foundry.model import GPT
+from foundry.optim import build_optimizer
+from foundry.train import tune_cpu_malloc
+cfg = load_experiment(sys.argv[1], ["data.path=" + sys.argv[2], "model_args.vocab_size=65"])
+torch.set_num_threads(int(sys.argv[4]))
+applied = tune_cpu_malloc() if sys.argv[3] == "1" else False
+model = GPT(cfg.model_args); opt = build_optimizer(model, cfg.training, "cpu")
+sampler = make_sampler(load_data(sys.argv[2]), cfg)
+def step():
+    x, y = sampler.next_batch(); model(x, y)[0].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True); opt.step(); opt.zero_grad(set_to_none=True)
+for _ in range(10): step()
+n = int(sys.argv[5]); r0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+for _ in range(n): step()
+r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+print(json.dumps({"applied": applied, "ms_per_step": (t1 - t0) / n * 1000, "minor_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / n,
+                  "sys_ms_per_step": (r1.ru_stime - r0.ru_stime) / n * 1000}))
+"""
+
+
+def cmd_malloc(args, data):
+    """Training steps with glibc's default malloc vs train.tune_cpu_malloc, alternating fresh processes (mallopt
+    cannot be undone in-process): wall ms, minor page faults and system CPU time per step."""
+    threads = args.threads or 2
+    res = {"default": [], "tuned": []}
+    for r in range(args.rounds):
+        for name, flag in (("default", "0"), ("tuned", "1")):
+            out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, str(EXPERIMENT), str(data), flag, str(threads),
+                                  str(args.iters)], check=True, cwd=REPO, capture_output=True, text=True).stdout
+            res[name].append(json.loads(out.strip().splitlines()[-1]))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]['ms_per_step']:.1f} ms, {v[-1]['minor_faults_per_step']:.0f} "
+                                             f"faults, {v[-1]['sys_ms_per_step']:.1f} sys ms" for n, v in res.items()),
+              flush=True)
+    agg = {f"{n}_{k}": statistics.median(row[k] for row in v) for n, v in res.items()
+           for k in ("ms_per_step", "minor_faults_per_step", "sys_ms_per_step")}
+    record("malloc", **agg, speedup=agg["default_ms_per_step"] / agg["tuned_ms_per_step"],
+           applied=res["tuned"][0]["applied"], rounds=args.rounds, iters=args.iters)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "full", "v1v2", "steps", "dtype", "reference", "evalrun"])
+    p.add_argument("what", choices=["speed", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
+                                    "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="steps/speed: foundry's side with torch.compile")
     p.add_argument("--threads", type=int, default=None, help="override training.num_threads for both sides")
-    p.add_argument("--iters", type=int, default=None, help="iterations per round/run (default: 40; full runs 2000)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="iterations per round/run (speed: 150; steps/dtype/attn/malloc: 40; full runs 2000)")
+    p.add_argument("--seeds", type=int, nargs="*", help="full: one pair of runs per seed (default: 1337)")
+    p.add_argument("--nanogpt", type=Path, help="speed/full: a nanoGPT checkout; its own train.py is the reference "
+                   "(run with the README's CPU flags) instead of bench/nanogpt_ref.py")
     args = p.parse_args(argv)
     data = prepare(args.data)
     if args.threads:
         THREADS.append(f"training.num_threads={args.threads}")
     if args.compile and args.what == "speed":
         THREADS.append("training.compile=true")
-    if args.what in ("speed", "steps", "dtype") and args.iters is None:
-        args.iters = 40
-    {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype,
-     "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
+    if args.what in ("speed", "steps", "dtype", "attn", "malloc") and args.iters is None:
+        args.iters = 150 if args.what == "speed" else 40
+    {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
+     "malloc": cmd_malloc, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 
 

@@ -126,3 +126,38 @@ class NanoGPTReference:
         loss = float(self.model(x, y))
         self.model.train()
         return loss
+
+
+def main(argv=None) -> int:
+    """Train the stand-in in a process of its own (as nanoGPT runs), printing nanoGPT-style lines:
+    `iter N: loss L, time Tms` per iteration, then one JSON line with the validation losses when --eval."""
+    import argparse
+    import json
+    import time
+
+    p = argparse.ArgumentParser(description="nanoGPT CPU-run stand-in (see the module docstring)")
+    p.add_argument("--data", required=True, help="prepared directory with train.bin / val.bin (uint16)")
+    p.add_argument("--vocab", type=int, default=65)
+    p.add_argument("--iters", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--eval-windows", type=int, default=0,
+                   help="after training, val loss on the first N windows and on the whole split (0: no eval)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ref = NanoGPTReference(args.data, args.vocab, seed=args.seed)
+    t0 = time.perf_counter()
+    for it in range(args.iters):
+        loss = ref.step()
+        t1 = time.perf_counter()
+        print(f"iter {it}: loss {loss:.4f}, time {(t1 - t0) * 1000:.2f}ms", flush=True)
+        t0 = t1
+    if args.eval_windows:
+        val = np.memmap(os.path.join(args.data, "val.bin"), dtype=np.uint16, mode="r")
+        whole = (len(val) - 1) // ref.T
+        print(json.dumps({"val_loss": ref.val_loss(val, args.eval_windows), "val_loss_whole_split": ref.val_loss(val, whole)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
