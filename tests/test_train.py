@@ -150,6 +150,32 @@ def test_loggers_are_optional_extras(data_dir, tmp_path):
         assert any((tmp_path / "run" / "tb").iterdir())
 
 
+def test_tensorboard_and_wandb_mirror_the_metrics(data_dir, tmp_path, monkeypatch):
+    """Both extras at once (installed by the test extra): the TensorBoard events hold exactly metrics.jsonl's
+    scalars at the same steps, and W&B writes an offline run (no network) that carries the same metric names."""
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # foundry must choose offline by itself
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, **{"training.max_iters": 6, "training.eval_interval": 3,
+                                        "training.log_interval": 2}), quiet=True, loggers=("tensorboard", "wandb"))
+    rows = read_metrics(out / "metrics.jsonl")
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    for key in ("loss", "lr", "val_loss", "val_bpb"):
+        want = [(r["iter"], r[key]) for r in rows if key in r]
+        got = [(e.step, e.value) for e in acc.Scalars(key)]
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), key
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "W&B did not write exactly one offline run"
+    blob = runs[0].read_bytes()
+    assert b"val_bpb" in blob and b"tokens_per_sec" in blob
+
+
 def test_command_line(data_dir, tmp_path, capsys):
     exp = tmp_path / "exp.yaml"
     exp.write_text("base_model: v1\nmodel_args: {n_layer: 1, n_head: 2, n_embd: 32, block_size: 32}\n")
