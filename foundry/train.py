@@ -226,37 +226,56 @@ def fmt_eta(seconds: float) -> str:
 # --------------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------------
-def evaluate(model, data, cfg: ExperimentConfig, device, ctx) -> dict:
+def evaluate(model, data, cfg: ExperimentConfig, device, ctx, info=None) -> dict:
     """Validation loss (nats/token, plain cross-entropy) and bits per byte over a fixed, declared set of
     windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split
     (all of it when shorter). Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens,
-    so runs with different tokenizers compare."""
+    so runs with different tokenizers compare.
+
+    Under torchrun (`info`, a distributed.DistInfo with world_size > 1) the batches are dealt round-robin to
+    the ranks and the float64 sums all-reduced, so each rank evaluates 1/world_size of the windows and every
+    rank gets the single-process result (the same batches; only the order of the float64 sum differs). A
+    rank with one batch fewer runs one extra forward with zero weight, because an FSDP-sharded model's
+    forward is a collective that every rank must enter the same number of times."""
     import torch
 
     from foundry.data.dataset import eval_batches
 
     T, B = cfg.model_args.block_size, cfg.training.batch_size
+    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
     byte_len = data.byte_lengths().to(device)
     was_training = model.training
     model.eval()
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.float64, device=device)
-    total_tokens = 0
-    for x, y in eval_batches(data.val, T, cfg.training.eval_iters * B, B):
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, bytes, tokens
+
+    def add(x, y, weight: float) -> None:
         x, y = x.to(device), y.to(device)
         with ctx, torch.no_grad():
             logits = model(x)
         nats = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
                                                  reduction="sum")
-        total_nats += nats.double()
-        total_bytes += byte_len[y].sum()
-        total_tokens += y.numel()
+        sums.add_(torch.stack([nats.double(), byte_len[y].sum(), torch.full((), float(y.numel()), dtype=torch.float64,
+                                                                             device=device)]), alpha=weight)
+
+    first, done, n_batches = None, 0, 0
+    for i, (x, y) in enumerate(eval_batches(data.val, T, cfg.training.eval_iters * B, B)):
+        first = (x, y) if first is None else first
+        n_batches += 1
+        if i % world == rank:
+            add(x, y, 1.0)
+            done += 1
+    if first is not None and done < -(-n_batches // world):
+        add(*first, 0.0)  # a padding forward: the collectives stay matched, nothing is counted
     model.train(was_training)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    nats, total_bytes, total_tokens = (float(v) for v in sums)
     if total_tokens == 0:
         raise ValueError(f"validation split of {len(data.val)} tokens is shorter than one block of {T}")
-    nats = float(total_nats)
-    return {"val_loss": nats / total_tokens, "val_bpb": nats / math.log(2) / max(float(total_bytes), 1.0),
-            "val_tokens": total_tokens}
+    return {"val_loss": nats / total_tokens, "val_bpb": nats / math.log(2) / max(total_bytes, 1.0),
+            "val_tokens": int(total_tokens)}
 
 
 # Keys that may differ when a run is continued: its length (extending a run, successive halving) and how
@@ -512,7 +531,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 window_iters = 0
                 t_last = time.perf_counter()
             if is_eval:
-                ev = evaluate(model, data, cfg, device, ctx)
+                ev = evaluate(model, data, cfg, device, ctx, info)
                 is_best = ev["val_loss"] < best_val
                 best_val = min(best_val, ev["val_loss"])
                 log.write(iter=done, **ev)
@@ -523,7 +542,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
 
         # ---- the end: a sample and a summary ------------------------------------------------------
         if not ev:  # resumed a finished run
-            ev = evaluate(model, data, cfg, device, ctx)
+            ev = evaluate(model, data, cfg, device, ctx, info)
         sample = ""
         if tc.sample_tokens > 0:
             sampler_model = model

@@ -21,7 +21,8 @@ from foundry.train import read_metrics, train
 from train_helpers import tiny_config, write_char_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = {"training.max_iters": 20, "training.eval_interval": 10, "training.log_interval": 1, "training.eval_iters": 2,
+# eval_iters 3: three evaluation batches dealt to two ranks, so rank 1 runs the zero-weight padding forward
+RUN = {"training.max_iters": 20, "training.eval_interval": 10, "training.log_interval": 1, "training.eval_iters": 3,
        "training.sample_tokens": 8, "training.batch_size": 4, "training.lr_decay_iters": 20}
 TOL = 1e-4
 
@@ -75,6 +76,12 @@ def test_torchrun_follows_the_single_process_curve(runs, mode):
     a, b = curve(single), curve(out)
     assert list(a) == list(b) == list(range(1, 21))
     assert max(abs(a[i] - b[i]) for i in a) < TOL, {i: (a[i], b[i]) for i in a}
+    # evaluation is sharded over the ranks and all-reduced: the same windows, the same numbers
+    ev_a, ev_b = ([r for r in read_metrics(d / "metrics.jsonl") if "val_loss" in r] for d in (single, out))
+    assert [r["iter"] for r in ev_a] == [r["iter"] for r in ev_b] == [10, 20]
+    for ra, rb in zip(ev_a, ev_b):
+        assert ra["val_tokens"] == rb["val_tokens"] == 3 * 4 * 32
+        assert abs(ra["val_loss"] - rb["val_loss"]) < TOL and abs(ra["val_bpb"] - rb["val_bpb"]) < TOL
     wa = load_file(str(single / "ckpt_last" / "model.safetensors"))
     wb = load_file(str(out / "ckpt_last" / "model.safetensors"))
     assert wa.keys() == wb.keys()  # full, unsharded weights, tied weight once
