@@ -146,16 +146,28 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 autocast on CUDA cards that support it; fp32 on CPU, where bf16 was measured slower on
-    this project's CPU (AVX2, no AVX512-BF16/AMX): `python bench/bench_train.py dtype` measured bf16 autocast
-    forward+backward 2.4x slower than fp32 (2026-11-26)."""
+    """`auto`: bf16 autocast on CUDA cards that support it, and on CPUs with AMX tiles (Intel Sapphire Rapids
+    and later), where oneDNN runs bf16 GEMMs on the matrix units at several times the fp32 rate; fp32 on
+    other CPUs, where bf16 has no hardware path and is emulated: on this project's CPU (AVX2, no
+    AVX512-BF16/AMX) `python bench/bench_train.py dtype` measured bf16 autocast forward+backward 2.4x slower
+    than fp32 (2026-11-26). AVX512-BF16 alone (dot products, no tiles) is left on fp32 until measured."""
     import torch
 
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
+        if device.type == "cpu" and cpu_has_amx():
+            return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def cpu_has_amx() -> bool:
+    """AMX tile support as torch's CPU dispatcher sees it (False where this torch build cannot tell)."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype):

@@ -217,3 +217,17 @@ def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_pa
     assert train(more, quiet=True)["iters"] == 4
     with pytest.raises(FileExistsError, match="training.learning_rate"):
         train(more.replace({"training.learning_rate": 5e-4}), quiet=True)
+
+
+def test_dtype_auto_follows_the_hardware(monkeypatch):
+    """`dtype: auto` is bf16 only where bf16 has a hardware path: CUDA with bf16, or a CPU with AMX tiles."""
+    from foundry import train as T
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert T.pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert T.pick_dtype("auto", cpu) == torch.bfloat16
+    assert T.pick_dtype("float32", cpu) == torch.float32  # an explicit choice always wins
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert T.pick_dtype("auto", cpu) == torch.float32      # a torch that cannot tell: fp32
