@@ -567,3 +567,26 @@ def test_rope_reuses_cos_sin_only_for_the_same_unchanged_positions():
     c, _ = POSITION.get("rope")(cfg).rotate(q, q, torch.arange(T) + 5)
     torch.testing.assert_close(b, c)
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("window, pattern", [(1, "S"), (4, "S"), (4, "SL")])
+@pytest.mark.parametrize("position", ["learned", "rope", "alibi", "hybrid"])
+def test_sliding_window_rolling_cache_decodes_as_the_full_forward(window, pattern, position):
+    """Sliding layers decode from a rolling buffer of window - 1 tokens (global layers keep everything): a
+    prefill, a chunk and single tokens give the full forward's logits, left-padded batched generation gives
+    what generation without a cache gives, and the buffer never grows past window - 1 rows."""
+    cfg = cfg_(attention="sliding_window", position=position, n_kv_head=2,
+               sliding_window=SlidingWindowConfig(window=window, pattern=pattern))
+    model = GPT(cfg).eval()
+    x = tokens(7)
+    with torch.no_grad():
+        full = model(x)
+        caches = model.new_caches(B, T)
+        parts = [model(x[:, :6], caches=caches), model(x[:, 6:9], caches=caches)]
+        parts += [model(x[:, t:t + 1], caches=caches) for t in range(9, T)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+    for block, cache in zip(model.blocks, caches):
+        rows = T if block.attn.is_global else window - 1
+        assert cache.capacity == rows and cache.k.shape[2] == rows and cache.length == T
+    prompts = [x[0, :3].tolist(), x[1, :8].tolist()]  # ragged: the padding mask is indexed by kept slots
+    assert model.generate(prompts, 7, temperature=0) == model.generate(prompts, 7, temperature=0, use_cache=False)

@@ -53,6 +53,53 @@ class KVCache:
         """Bytes this layer's cache holds per token of one sequence."""
         return (self.k[0, :, 0].numel() + self.v[0, :, 0].numel()) * self.k.element_size()
 
+    @property
+    def capacity(self) -> int:
+        """Most tokens of one sequence held at once (memory = capacity x nbytes_per_token per sequence)."""
+        return self.k.shape[2]
+
+
+class RollingKVCache:
+    """A sliding-window layer's cache: only the last `window - 1` keys/values, (B, nkv, window - 1, hs), in
+    slot order, so memory stays bounded however long the sequence grows (Mistral's rolling buffer).
+
+    A query at slot t sees slots t - window + 1 .. t: the `window - 1` before the chunk plus the chunk's own
+    tokens. `update` returns the kept keys followed by the new ones, and `key_slots` their absolute slots, so
+    the layer's pattern, causality, position biases and the caller's mask all index by slot as with the full
+    cache. Each update copies at most window - 1 kept rows: the same order of work as attending to them."""
+
+    def __init__(self, batch: int, n_kv_head: int, window: int, head_dim: int, device, dtype):
+        self.keep = window - 1
+        self.k = torch.zeros(batch, n_kv_head, self.keep, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0   # tokens seen (the next token's slot)
+        self.held = 0     # rows of self.k in use: min(length, keep)
+        self._first = 0   # slot of the first key returned by the last update
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Append (B, nkv, T, hs); return (kept + new) keys/values, (B, nkv, held + T, hs)."""
+        T = k.shape[2]
+        k_all = torch.cat((self.k[:, :, :self.held], k), dim=2)
+        v_all = torch.cat((self.v[:, :, :self.held], v), dim=2)
+        self._first = self.length - self.held
+        self.length += T
+        self.held = min(self.keep, k_all.shape[2])
+        if self.held:
+            self.k[:, :, :self.held] = k_all[:, :, k_all.shape[2] - self.held:]
+            self.v[:, :, :self.held] = v_all[:, :, v_all.shape[2] - self.held:]
+        return k_all, v_all
+
+    def key_slots(self, device) -> torch.Tensor:
+        """(Tk,) absolute slots of the keys the last update returned."""
+        return torch.arange(self._first, self.length, device=device)
+
+    def nbytes_per_token(self) -> int:
+        return (self.k[0, :, 0].numel() + self.v[0, :, 0].numel()) * self.k.element_size() if self.keep else 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keep
+
 
 class LatentCache:
     """MLA's cache: the compressed KV latent (B, T_max, kv_rank) and the shared RoPE key (B, T_max, rope_dim),
@@ -72,6 +119,10 @@ class LatentCache:
         self.k_rope[:, t0:t1] = k_rope
         self.length = t1
         return self.c[:, :t1], self.k_rope[:, :t1]
+
+    @property
+    def capacity(self) -> int:
+        return self.c.shape[1]
 
     def nbytes_per_token(self) -> int:
         return (self.c.shape[-1] + self.k_rope.shape[-1]) * self.c.element_size()
@@ -196,24 +247,30 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             q, k = rms_norm_heads(q), rms_norm_heads(k)
         q, k = pos.rotate(q, k, positions)
-        start = 0
+        start, k_slots = 0, None
         if cache is not None:
             start = cache.length
             k, v = cache.update(k, v)
-        y = self.attend_scores(q, k, v, pos, start, mask)
+            if hasattr(cache, "key_slots"):  # a cache that keeps only some slots (rolling window)
+                k_slots = cache.key_slots(x.device)
+                if mask is not None and mask.shape[-1] != k.shape[2]:
+                    mask = mask.index_select(-1, k_slots)  # the caller's (B, 1, Tq, all slots) mask, kept slots
+        y = self.attend_scores(q, k, v, pos, start, mask, k_slots)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * y.shape[-1])  # (B, T, nh*hs)
         return self.resid_dropout(self.proj(y))
 
-    def attend_scores(self, q, k, v, pos, start: int, mask):
-        """Combine causality, the variant's pattern, the position bias and the caller's mask."""
+    def attend_scores(self, q, k, v, pos, start: int, mask, k_slots: torch.Tensor | None = None):
+        """Combine causality, the variant's pattern, the position bias and the caller's mask. k_slots (Tk,):
+        the keys' absolute slots when a cache returns only some of them (default 0..Tk-1)."""
         Tq, Tk = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
-        if (mask is None and not (start > 0 and Tq > 1) and type(self).allowed is CausalSelfAttention.allowed
-                and type(pos).bias is Position.bias):
+        if (mask is None and k_slots is None and not (start > 0 and Tq > 1)
+                and type(self).allowed is CausalSelfAttention.allowed and type(pos).bias is Position.bias):
             # dense causal attention with no score bias: straight to SDPA's is_causal path
             return attend(q, k, v, softcap=self.cfg.attn_softcap, dropout=dropout, causal=True)
         q_slots = torch.arange(start, start + Tq, device=q.device)
-        k_slots = torch.arange(Tk, device=q.device)
+        if k_slots is None:
+            k_slots = torch.arange(Tk, device=q.device)
         pattern = self.allowed(q_slots, k_slots)
         bias = pos.bias(q_slots, k_slots)
         allowed = None
@@ -247,6 +304,12 @@ class SlidingWindowAttention(CausalSelfAttention):
         sw = cfg.sliding_window
         self.window = sw.window
         self.is_global = sw.pattern[layer_idx % len(sw.pattern)] == "L"
+
+    def new_cache(self, batch: int, max_len: int, device, dtype):
+        """Sliding layers decode with a rolling buffer of window - 1 tokens; global layers keep everything."""
+        if self.is_global or self.window > max_len:
+            return super().new_cache(batch, max_len, device, dtype)
+        return RollingKVCache(batch, self.n_kv_head, self.window, self.head_dim, device, dtype)
 
     def allowed(self, q_slots, k_slots):
         if self.is_global or self.window >= int(q_slots[-1]) + 1:

@@ -60,7 +60,8 @@ class {cls}(CausalSelfAttention):
         return super().forward(x, pos, positions, cache, mask)
 
     def new_cache(self, batch: int, max_len: int, device, dtype):
-        """The KV cache this layer decodes with (must offer length, update() and nbytes_per_token())."""
+        """The KV cache this layer decodes with (must offer length, update() and nbytes_per_token();
+        one that keeps only some slots also offers key_slots(device), as modules.attention.RollingKVCache)."""
         return super().new_cache(batch, max_len, device, dtype)
 '''),
     "position": ("rope", "Rope", "foundry.modules.position", "POSITION", "model_args.position", '''
