@@ -590,3 +590,42 @@ def test_sliding_window_rolling_cache_decodes_as_the_full_forward(window, patter
         assert cache.capacity == rows and cache.k.shape[2] == rows and cache.length == T
     prompts = [x[0, :3].tolist(), x[1, :8].tolist()]  # ragged: the padding mask is indexed by kept slots
     assert model.generate(prompts, 7, temperature=0) == model.generate(prompts, 7, temperature=0, use_cache=False)
+
+
+@pytest.mark.parametrize("position", ["rope", "learned", "alibi"])
+@pytest.mark.parametrize("bias, q_rank, softcap", [(False, 0, 0.0), (True, 8, 0.0), (True, 0, 5.0)])
+def test_mla_absorbed_decode_equals_expanded_decode(position, bias, q_rank, softcap, monkeypatch):
+    """Decoding MLA from the cache attends in the latent space (W_uk folded into the queries, W_uv applied
+    after): the same logits as re-expanding K/V and as the full forward, without ever calling kv_up on the
+    cached latents; biases included (the key bias drops out of the softmax, the value bias passes through)."""
+    from foundry.modules.attention import MultiHeadLatentAttention
+
+    cfg = cfg_(attention="mla", position=position, bias=bias, attn_softcap=softcap,
+               mla=MLAConfig(kv_rank=8, q_rank=q_rank, rope_head_dim=4))
+    model = GPT(cfg).eval()
+    if bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+    x = tokens(3)
+
+    def decode():
+        with torch.no_grad():
+            caches = model.new_caches(B, T)
+            parts = [model(x[:, :5], caches=caches)] + [model(x[:, t:t + 1], caches=caches) for t in range(5, T)]
+        return torch.cat(parts, 1)
+
+    expand_calls = []
+    for block in model.blocks:
+        block.attn.kv_up.register_forward_hook(lambda *a: expand_calls.append(1))
+    with torch.no_grad():
+        full = model(x)
+    expand_calls.clear()
+    absorbed = decode()
+    assert not expand_calls, "the absorbed decode expanded K/V through kv_up"
+    monkeypatch.setattr(MultiHeadLatentAttention, "absorb", False)
+    expanded = decode()
+    assert expand_calls
+    torch.testing.assert_close(absorbed, expanded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(absorbed, full, atol=1e-5, rtol=0)

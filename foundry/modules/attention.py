@@ -165,16 +165,22 @@ def _explicit_causal(q, k, v):
     return (scores.softmax(dim=-1) @ v.reshape(B * nh, T, hs)).view(B, nh, T, hs)
 
 
-def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: float = 0.0, causal: bool = True):
-    """Scaled dot-product attention over q (B, nh, Tq, hs), k/v (B, nkv, Tk, hs).
+def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: float = 0.0, causal: bool = True,
+           scale: float | None = None):
+    """Scaled dot-product attention over q (B, nh, Tq, d), k (B, nkv, Tk, d), v (B, nkv, Tk, dv).
 
     allowed: bool, broadcastable to (B, nh, Tq, Tk), True = may attend (already includes causality) or None
     bias:    float, broadcastable to (B, nh, Tq, Tk), added to the scores, or None
     causal:  with allowed None, the Tq queries are the last Tq keys and see no later key; with bias None too,
              this is SDPA's is_causal flash path (Tq == Tk)
+    scale:   score scale, default 1/sqrt(d) (MLA's absorbed decode attends in latent space with its head's scale)
     """
     nh, nkv = q.shape[1], k.shape[1]
-    if nkv != nh:  # GQA: each KV head serves nh // nkv consecutive query heads
+    if nkv == 1 and nh > 1 and q.device.type == "cpu":
+        # MQA and MLA's latent decode on CPU: one K/V head for all as a stride-0 view, no copy (halves MLA's
+        # decode step, bench/bench_decode.py); CUDA kernels keep the copied layout they were measured with
+        k, v = k.expand(-1, nh, -1, -1), v.expand(-1, nh, -1, -1)
+    elif nkv != nh:  # GQA: each KV head serves nh // nkv consecutive query heads
         k = k.repeat_interleave(nh // nkv, dim=1)
         v = v.repeat_interleave(nh // nkv, dim=1)
     Tq, Tk = q.shape[2], k.shape[2]
@@ -182,7 +188,7 @@ def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: f
         allowed = causal_allowed(Tq, Tk, q.device)  # causality must be explicit once scores are
     if softcap > 0:
         # soft-capped logits (Gemma 2): c * tanh(s / c); SDPA cannot do this, so scores are explicit
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        scores = (q @ k.transpose(-2, -1)) * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
         scores = softcap * torch.tanh(scores / softcap)
         if bias is not None:
             scores = scores + bias
@@ -192,14 +198,15 @@ def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: f
         return att @ v
     if allowed is None and bias is None:
         if (causal and Tq == Tk and 1 < Tk <= EXPLICIT_CAUSAL_MAX_T and dropout == 0.0 and q.device.type == "cpu"
-                and q.dtype == torch.float32 and torch.is_grad_enabled() and q.requires_grad):
+                and q.dtype == torch.float32 and torch.is_grad_enabled() and q.requires_grad and scale is None
+                and v.shape[-1] == q.shape[-1]):
             return _explicit_causal(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and Tq > 1)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and Tq > 1, scale=scale)
     mask = None if bias is None else bias.to(q.dtype)
     if allowed is not None:
         add = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
         mask = add if mask is None else mask + add
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,7 +266,8 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * y.shape[-1])  # (B, T, nh*hs)
         return self.resid_dropout(self.proj(y))
 
-    def attend_scores(self, q, k, v, pos, start: int, mask, k_slots: torch.Tensor | None = None):
+    def attend_scores(self, q, k, v, pos, start: int, mask, k_slots: torch.Tensor | None = None,
+                      scale: float | None = None):
         """Combine causality, the variant's pattern, the position bias and the caller's mask. k_slots (Tk,):
         the keys' absolute slots when a cache returns only some of them (default 0..Tk-1)."""
         Tq, Tk = q.shape[2], k.shape[2]
@@ -267,7 +275,7 @@ class CausalSelfAttention(nn.Module):
         if (mask is None and k_slots is None and not (start > 0 and Tq > 1)
                 and type(self).allowed is CausalSelfAttention.allowed and type(pos).bias is Position.bias):
             # dense causal attention with no score bias: straight to SDPA's is_causal path
-            return attend(q, k, v, softcap=self.cfg.attn_softcap, dropout=dropout, causal=True)
+            return attend(q, k, v, softcap=self.cfg.attn_softcap, dropout=dropout, causal=True, scale=scale)
         q_slots = torch.arange(start, start + Tq, device=q.device)
         if k_slots is None:
             k_slots = torch.arange(Tk, device=q.device)
@@ -281,7 +289,7 @@ class CausalSelfAttention(nn.Module):
             if mask is not None:
                 allowed = allowed & mask
         return attend(q, k, v, allowed=allowed, bias=bias, softcap=self.cfg.attn_softcap, dropout=dropout,
-                      causal=True)
+                      causal=True, scale=scale)
 
 
 @ATTENTION.register("gqa")
@@ -360,6 +368,9 @@ class StridedAttention(CausalSelfAttention):
 # --------------------------------------------------------------------------------------------------
 # Multi-head latent attention
 # --------------------------------------------------------------------------------------------------
+ABSORB_MAX_T = 16  # MLA: cached forwards of at most this many new tokens attend in the latent space
+
+
 @ATTENTION.register("mla")
 class MultiHeadLatentAttention(CausalSelfAttention):
     """Multi-head latent attention (DeepSeek-V2, 2024): K and V are expanded from a `kv_rank` latent; position
@@ -394,8 +405,36 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.qk_norm = cfg.qk_norm
 
+    # Decoding attends in the latent space (DeepSeek-V2's weight absorption): exact up to rounding, see
+    # attend_latent. Only for a few new tokens at a time: a long prefill expands K/V once and attends per head
+    # (bench/bench_decode.py, CPU, 6 x 384, kv_rank 64, 768-token prompt: absorbed decode 1.46x faster per
+    # token, absorbed prefill 1.8x slower).
+    absorb = True
+
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
         return LatentCache(batch, max_len, self.kv_rank, self.rope_dim, device, dtype)
+
+    def attend_latent(self, q, c, k_rope, pos, start: int, mask):
+        """Attention straight from the cached latents, never expanding per-head K/V (DeepSeek-V2 sec. 2.1.3).
+
+        With kv_up = [W_uk | W_uv] per head: q_nope . (W_uk c + b_k) = (q_nope W_uk) . c + q_nope . b_k, and the
+        last term is the same for every key, so softmax drops it; sum_j a_j (W_uv c_j + b_v) = W_uv (sum_j a_j c_j)
+        + b_v because the weights sum to 1. So the queries move into the latent space once, (B, nh, Tq, r + dr),
+        all heads share one latent "key" [c | k_rope] (B, 1, Tk, r + dr) and "value" c (B, 1, Tk, r), and
+        W_uv maps each head's latent output back to hs. Per step this costs O(Tk (r + dr)) per head instead of
+        re-expanding O(Tk r nh (hs - dr + hs)) K/V. q (B, nh, Tq, hs) rotated; c (B, Tk, r); k_rope (B, Tk, dr).
+        Not with qk_norm (a per-key norm of the expanded key cannot be absorbed)."""
+        B, nh, Tq, hs = q.shape
+        W = self.kv_up.weight.view(nh, self.nope_dim + hs, self.kv_rank)        # (nh, nope + hs, r)
+        w_uk, w_uv = W[:, :self.nope_dim], W[:, self.nope_dim:]                 # (nh, nope, r), (nh, hs, r)
+        q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        q_lat = torch.cat((q_nope @ w_uk, q_rope), dim=-1)                      # (B, nh, Tq, r + dr)
+        k_lat = torch.cat((c, k_rope), dim=-1)[:, None]                         # (B, 1, Tk, r + dr)
+        o = self.attend_scores(q_lat, k_lat, c[:, None], pos, start, mask, scale=1.0 / math.sqrt(hs))
+        y = o @ w_uv.transpose(1, 2)                                            # (B, nh, Tq, hs)
+        if self.kv_up.bias is not None:
+            y = y + self.kv_up.bias.view(nh, self.nope_dim + hs)[:, None, self.nope_dim:]
+        return y
 
     def forward(self, x, pos, positions, cache=None, mask=None):
         B, T, C = x.shape
@@ -413,6 +452,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         if cache is not None:
             start = cache.length
             c, k_rope = cache.update(c, k_rope)
+            if self.absorb and T <= ABSORB_MAX_T and not self.qk_norm and not (self.training and self.dropout > 0):
+                y = self.attend_latent(q, c, k_rope, pos, start, mask)
+                return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
         Tk = c.shape[1]
         kv = self.kv_up(c).view(B, Tk, nh, self.nope_dim + hs).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, hs], dim=-1)                 # (B, nh, Tk, hs - dr), (B, nh, Tk, hs)
