@@ -31,9 +31,12 @@ from foundry.config import MLAConfig, ModelConfig, SlidingWindowConfig  # noqa: 
 from foundry.model import GPT  # noqa: E402
 from foundry.modules.attention import MultiHeadLatentAttention  # noqa: E402
 
-VARIANTS = {"mha": {}, "gqa": {"n_kv_head": 2}, "mla": {"mla": MLAConfig(kv_rank=64, rope_head_dim=16)},
-            "mla (expanded)": {"mla": MLAConfig(kv_rank=64, rope_head_dim=16)},
-            "sliding_window": {"sliding_window": SlidingWindowConfig(window=128, pattern="S")}}
+
+
+def variants(window: int, kv_rank: int, head_dim: int) -> dict:
+    mla = MLAConfig(kv_rank=kv_rank, rope_head_dim=min(16, head_dim // 2))
+    return {"mha": {}, "gqa": {"n_kv_head": 2}, "mla": {"mla": mla}, "mla (expanded)": {"mla": mla},
+            "sliding_window": {"sliding_window": SlidingWindowConfig(window=window, pattern="S")}}
 
 
 def cache_mb(caches) -> float:
@@ -48,15 +51,23 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--window", type=int, default=128, help="sliding_window's window")
+    p.add_argument("--kv-rank", type=int, default=64, help="MLA's latent width")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    base = ModelConfig(n_layer=6, n_head=6, n_embd=384, block_size=a.prompt + a.new, vocab_size=256, position="rope")
+    base = ModelConfig(n_layer=a.layers, n_head=a.heads, n_embd=a.width, block_size=a.prompt + a.new, vocab_size=256,
+                       position="rope")
     models = {}
-    for name, opts in VARIANTS.items():
+    for name, opts in variants(a.window, a.kv_rank, a.width // a.heads).items():
         torch.manual_seed(0)
-        models[name] = GPT(dataclasses.replace(base, attention=name.split()[0], **opts)).to(dev).eval()
+        cfg = dataclasses.replace(base, attention=name.split()[0], **opts)
+        cfg.check()
+        models[name] = GPT(cfg).to(dev).eval()
     prompts = torch.randint(0, 256, (a.batch, a.prompt), generator=torch.Generator().manual_seed(0), device=dev)
     times = {n: {"prefill": [], "decode": []} for n in models}
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -80,17 +91,19 @@ def main(argv=None) -> int:
     print(f"Command: `python bench/bench_decode.py {' '.join(argv if argv is not None else sys.argv[1:])}`  ")
     print(f"Machine: {platform.processor() or platform.machine()}, {a.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  ")
-    print(f"6 layers x 384, 6 heads, batch {a.batch}, prompt {a.prompt}, {a.new} new tokens, greedy, fp32; "
+    print(f"{a.layers} layers x {a.width}, {a.heads} heads, batch {a.batch}, prompt {a.prompt}, {a.new} new tokens, greedy, fp32; "
           f"medians of {a.reps} rounds\n")
     print("| attention | params | prefill ms | decode ms / token | decode x mha | KV cache MB (batch, full context) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     ref = statistics.median(times["mha"]["decode"])
+    rows = {}
     for name, model in models.items():
         pre, dec = (statistics.median(times[name][k]) for k in ("prefill", "decode"))
         print(f"| {name} | {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M | {pre:.0f} | {dec:.2f} | "
               f"{dec / ref:.2f} | {cache_mb(caches[name]):.1f} |")
-    return 0
+        rows[name] = {"prefill_ms": pre, "decode_ms": dec, "cache_mb": cache_mb(caches[name])}
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -40,3 +40,16 @@ def test_bench_refuses_unknown_variant():
     bench = load_bench()
     with pytest.raises(SystemExit):
         bench.main(["--only", "attention:nope_not_real", "--in-process"])
+
+
+def test_bench_decode_tiny(capsys):
+    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "bench" / "bench_decode.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--layers", "1", "--width", "32", "--heads", "4", "--prompt", "12", "--new", "4",
+                       "--batch", "1", "--reps", "1", "--window", "4", "--kv-rank", "8"])
+    assert list(rows) == ["mha", "gqa", "mla", "mla (expanded)", "sliding_window"]
+    assert all(r["prefill_ms"] > 0 and r["decode_ms"] > 0 for r in rows.values())
+    assert rows["sliding_window"]["cache_mb"] == rows["mha"]["cache_mb"] * 3 / 16  # window - 1 of 16 slots
+    assert rows["gqa"]["cache_mb"] == rows["mha"]["cache_mb"] / 2 and rows["mla"]["cache_mb"] < rows["mha"]["cache_mb"]
+    assert "| mla (expanded) |" in capsys.readouterr().out
