@@ -629,3 +629,27 @@ def test_mla_absorbed_decode_equals_expanded_decode(position, bias, q_rank, soft
     assert expand_calls
     torch.testing.assert_close(absorbed, expanded, atol=1e-5, rtol=0)
     torch.testing.assert_close(absorbed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("position", ["learned", "alibi", "hybrid"])
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+def test_gqa_decode_folds_query_groups(position, softcap, monkeypatch):
+    """Single-token GQA decoding folds each group's query heads onto its KV head (no per-group K/V copy):
+    the same logits as the full forward, the same greedy generations with left padding, and repeat_interleave
+    is never called on the cached keys."""
+    cfg = cfg_(attention="gqa", n_kv_head=2, position=position, attn_softcap=softcap)
+    model = GPT(cfg).eval()
+    x = tokens(5)
+    with torch.no_grad():
+        full = model(x)
+        caches = model.new_caches(B, T)
+        parts = [model(x[:, :4], caches=caches)]
+        copies = []
+        real = torch.Tensor.repeat_interleave
+        monkeypatch.setattr(torch.Tensor, "repeat_interleave", lambda *a, **k: copies.append(1) or real(*a, **k))
+        parts += [model(x[:, t:t + 1], caches=caches) for t in range(4, T)]
+        monkeypatch.undo()
+    assert not copies, "single-token GQA decoding copied K/V heads"
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+    prompts = [x[0, :2].tolist(), x[1, :7].tolist()]
+    assert model.generate(prompts, 6, temperature=0) == model.generate(prompts, 6, temperature=0, use_cache=False)

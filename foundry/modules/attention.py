@@ -176,6 +176,18 @@ def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: f
     scale:   score scale, default 1/sqrt(d) (MLA's absorbed decode attends in latent space with its head's scale)
     """
     nh, nkv = q.shape[1], k.shape[1]
+    if 1 < nkv < nh and q.shape[2] == 1 and dropout == 0.0:
+        # GQA decode (one query per head): fold each group's nh // nkv query heads into the query axis of its
+        # KV head, (B, nh, 1, d) -> (B, nkv, nh // nkv, d), instead of copying every cached K/V head per group.
+        # The one query sees every key it is allowed, so no causal mask; masks and biases fold the same way.
+        B, Tk = q.shape[0], k.shape[2]
+
+        def fold(t):  # broadcastable to (B, nh, 1, Tk) -> (B, nkv, nh // nkv, Tk)
+            return t.expand(B, nh, 1, Tk).reshape(B, nkv, nh // nkv, Tk) if t is not None else None
+
+        y = attend(q.reshape(B, nkv, nh // nkv, q.shape[-1]), k, v, allowed=fold(allowed), bias=fold(bias),
+                   softcap=softcap, causal=False, scale=scale)
+        return y.reshape(B, nh, 1, v.shape[-1])
     if nkv == 1 and nh > 1 and q.device.type == "cpu":
         # MQA and MLA's latent decode on CPU: one K/V head for all as a stride-0 view, no copy (halves MLA's
         # decode step, bench/bench_decode.py); CUDA kernels keep the copied layout they were measured with
