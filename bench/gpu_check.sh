@@ -5,6 +5,8 @@
 # tokens written to a temporary prepared data directory. Prints tokens/s and MFU against the card's dense bf16
 # peak (H100/H200: 989 TFLOP/s; see PEAK_FLOPS in foundry/train.py; FOUNDRY_PEAK_FLOPS overrides).
 #
+# First, a decode check on CUDA: cached decoding of each attention variant against the full forward.
+#
 #   bash bench/gpu_check.sh                 # defaults: batch 16 x 1024 tokens, 50 steps
 #   BATCH=32 STEPS=80 bash bench/gpu_check.sh
 set -euo pipefail
@@ -54,6 +56,40 @@ training:
 data: {path: $WORK/data}
 out_dir: $WORK/run
 YAML
+
+# Decoding on CUDA, fp32 (TF32 off), before the throughput run (~20 s): every cached path that CPU tests cover
+# (GQA's folded query groups, MLA's latent-space decode, the rolling sliding-window buffer) must give the full
+# forward's logits and the cache-free greedy generations on this card's SDPA kernels too.
+"$PY" - <<'PYEOF'
+import dataclasses, torch
+from foundry.config import MLAConfig, ModelConfig, SlidingWindowConfig
+from foundry.model import GPT
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+base = ModelConfig(n_layer=2, n_head=8, n_embd=256, block_size=96, vocab_size=128, position="rope")
+cases = {"mha": {}, "gqa": {"n_kv_head": 2}, "mqa": {"n_kv_head": 1},
+         "mla": {"mla": MLAConfig(kv_rank=32, rope_head_dim=8)},
+         "sliding_window": {"sliding_window": SlidingWindowConfig(window=16, pattern="SL")}}
+x = torch.randint(0, 128, (3, 96), generator=torch.Generator().manual_seed(0)).cuda()
+bad = []
+for name, opts in cases.items():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(base, attention="gqa" if name == "mqa" else name, **opts)
+    cfg.check()
+    model = GPT(cfg).cuda().eval()
+    with torch.no_grad():
+        full = model(x)
+        caches = model.new_caches(3, 96)
+        parts = [model(x[:, :40], caches=caches)] + [model(x[:, t:t + 1], caches=caches) for t in range(40, 96)]
+    err = (torch.cat(parts, 1) - full).abs().max().item()
+    prompts = [x[0, :5].tolist(), x[1, :30].tolist(), x[2, :17].tolist()]
+    same = model.generate(prompts, 24, temperature=0) == model.generate(prompts, 24, temperature=0, use_cache=False)
+    ok = err < 1e-4 and same
+    bad += [] if ok else [name]
+    print(f"gpu_check decode {name:15s} max |cached - full| {err:.2e}, greedy generations equal: {same}"
+          f" -> {'ok' if ok else 'MISMATCH'}")
+print("gpu_check decode:", "all cached paths agree" if not bad else f"MISMATCH in {bad}")
+PYEOF
 
 start=$(date +%s)
 "$PY" -m foundry.train "$WORK/gpt2_124m.yaml"
