@@ -449,7 +449,7 @@ def main(argv=None) -> int:
                                     "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=6, help="speed/malloc: alternating rounds (fresh processes each)")
     p.add_argument("--compile", action="store_true", help="steps/speed: foundry's side with torch.compile")
     p.add_argument("--threads", type=int, default=None, help="override training.num_threads for both sides")
     p.add_argument("--iters", type=int, default=None,
