@@ -210,10 +210,10 @@ def tune_cpu_malloc() -> bool:
     Every training step frees and re-allocates the same activation and gradient buffers (hundreds of KB to
     a few MB each on small models). glibc serves allocations above its mmap threshold (128 KiB, adapted
     upwards only slowly) with fresh mmap'd pages and trims the heap top eagerly, so each step page-faults
-    and zero-fills those buffers again: measured at 1,400-3,000 minor faults and 5-10 ms of system CPU time per
-    step on experiments/shakespeare_char_cpu.yaml (bench/bench_train.py malloc). Raising the mmap threshold
-    to its 32 MiB ceiling and the trim threshold to 1 GiB lets the heap keep and reuse those pages (about
-    one fault per step); the price is that the process keeps its peak heap, which training reaches anyway.
+    and zero-fills those buffers again: measured at 1,680-2,835 minor faults and 8-14 ms of system CPU time
+    per step on experiments/shakespeare_char_cpu.yaml (bench/bench_train.py malloc). Raising the mmap
+    threshold to its 32 MiB ceiling and the trim threshold to 1 GiB lets the heap keep and reuse those pages
+    (0-7 faults per step, 1.11x per step); the price is that the process keeps its peak heap, which training reaches anyway.
     This is what the jemalloc/tcmalloc advice of PyTorch's CPU performance guide buys, without LD_PRELOAD.
     A no-op (False) off glibc (macOS, musl) or where libc cannot be loaded."""
     import ctypes

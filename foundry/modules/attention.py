@@ -72,21 +72,20 @@ class RollingKVCache:
         self.keep = window - 1
         self.k = torch.zeros(batch, n_kv_head, self.keep, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        self.length = 0   # tokens seen (the next token's slot)
-        self.held = 0     # rows of self.k in use: min(length, keep)
+        self.length = 0   # tokens seen (the next token's slot); min(length, keep) rows of self.k are in use
         self._first = 0   # slot of the first key returned by the last update
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
-        """Append (B, nkv, T, hs); return (kept + new) keys/values, (B, nkv, held + T, hs)."""
-        T = k.shape[2]
-        k_all = torch.cat((self.k[:, :, :self.held], k), dim=2)
-        v_all = torch.cat((self.v[:, :, :self.held], v), dim=2)
-        self._first = self.length - self.held
-        self.length += T
-        self.held = min(self.keep, k_all.shape[2])
-        if self.held:
-            self.k[:, :, :self.held] = k_all[:, :, k_all.shape[2] - self.held:]
-            self.v[:, :, :self.held] = v_all[:, :, v_all.shape[2] - self.held:]
+        """Append (B, nkv, T, hs); return (kept + new) keys/values, (B, nkv, min(length, keep) + T, hs)."""
+        held = min(self.length, self.keep)
+        k_all = torch.cat((self.k[:, :, :held], k), dim=2)
+        v_all = torch.cat((self.v[:, :, :held], v), dim=2)
+        self._first = self.length - held
+        self.length += k.shape[2]
+        held = min(self.length, self.keep)
+        if held:
+            self.k[:, :, :held] = k_all[:, :, -held:]
+            self.v[:, :, :held] = v_all[:, :, -held:]
         return k_all, v_all
 
     def key_slots(self, device) -> torch.Tensor:
@@ -142,9 +141,9 @@ def causal_allowed(Tq: int, Tk: int, device) -> torch.Tensor:
 
 
 # Longest sequence for which CPU training takes the explicit causal path below instead of SDPA's flash kernel.
-# Measured on an AVX2 CPU, 2 threads, fp32 forward+backward (bench/bench_train.py attn): explicit is 1.25-1.40x
-# faster than the flash kernel at T=64-128 (the kernel's blocking overhead dominates tiny tiles), even at
-# T=128/hs=64 and slower from T=256. Forward-only (evaluation, generation) keeps SDPA: there it wins as often.
+# Measured on an AVX2 CPU, 2 threads, fp32 forward+backward (bench/bench_train.py attn, BENCHMARKS.md): explicit
+# is 1.15-1.33x faster than the flash kernel at T=32-128, head size 32-64 (the kernel's blocking overhead
+# dominates tiny tiles), and 0.65-0.81x from T=256. Forward-only (evaluation, generation) keeps SDPA.
 EXPLICIT_CAUSAL_MAX_T = 128
 
 
@@ -419,7 +418,7 @@ class MultiHeadLatentAttention(CausalSelfAttention):
 
     # Decoding attends in the latent space (DeepSeek-V2's weight absorption): exact up to rounding, see
     # attend_latent. Only for a few new tokens at a time: a long prefill expands K/V once and attends per head
-    # (bench/bench_decode.py, CPU, 6 x 384, kv_rank 64, 768-token prompt: absorbed decode 1.46x faster per
+    # (bench/bench_decode.py, CPU, 6 x 384, kv_rank 64, 768-token prompt: absorbed decode 1.8-2.0x faster per
     # token, absorbed prefill 1.8x slower).
     absorb = True
 
