@@ -118,10 +118,15 @@ class MLAConfig:
     """Multi-head latent attention (DeepSeek-V2, 2024): K/V come from a `kv_rank` latent; a decoupled RoPE key of
     `rope_head_dim` is shared across heads. The KV cache stores the latent plus the RoPE key only.
     `q_rank` 0 means queries are not compressed. `rope_head_dim` None: a third of the head size, rounded down
-    to even (DeepSeek-V2's 64 of 192); it is used only with a rotary position (rope, hybrid)."""
+    to even (DeepSeek-V2's 64 of 192); it is used only with a rotary position (rope, hybrid).
+    `rope_heads` RoPE keys of rope_head_dim each, every one shared by n_head / rope_heads consecutive query heads
+    (1 = DeepSeek-V2); `latent_norm` RMS-normalises the latent (DeepSeek-V2). A model converted from MHA/GQA
+    (foundry.surgery, MHA2MLA) keeps one rotated key per parent KV head and has no latent norm."""
     kv_rank: int = 32
     q_rank: int = 0
     rope_head_dim: Optional[int] = None
+    rope_heads: int = 1
+    latent_norm: bool = True
 
     def rope_dim(self, head_dim: int) -> int:
         if self.rope_head_dim is not None:
@@ -133,6 +138,7 @@ class MLAConfig:
         _require(self.q_rank >= 0, p + ".q_rank", "must be >= 0 (0 = no query compression)")
         _require(self.rope_head_dim is None or (self.rope_head_dim >= 0 and self.rope_head_dim % 2 == 0),
                  p + ".rope_head_dim", "must be an even number >= 0, or null (a third of the head size)")
+        _require(self.rope_heads >= 1, p + ".rope_heads", "must be >= 1 (1 = one RoPE key shared by all heads)")
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,9 @@ class ModelConfig:
             _require(self.n_kv_head is None or self.n_kv_head == self.n_head, p + ".n_kv_head",
                      f"attention 'mla' shares K/V through its latent (mla.kv_rank), not through KV heads; "
                      f"leave n_kv_head unset (got {self.n_kv_head} of {self.n_head} heads)")
+            _require(self.n_head % self.mla.rope_heads == 0, p + ".mla.rope_heads",
+                     f"each RoPE key serves a whole group of query heads: n_head={self.n_head} must be a multiple "
+                     f"of mla.rope_heads={self.mla.rope_heads}")
             if rotary:
                 # DeepSeek-V2: RoPE cannot act on keys expanded from the latent, so it rotates a separate
                 # key of mla.rope_head_dim channels; rope.fraction has no meaning there

@@ -593,15 +593,17 @@ def test_sliding_window_rolling_cache_decodes_as_the_full_forward(window, patter
 
 
 @pytest.mark.parametrize("position", ["rope", "learned", "alibi"])
-@pytest.mark.parametrize("bias, q_rank, softcap", [(False, 0, 0.0), (True, 8, 0.0), (True, 0, 5.0)])
-def test_mla_absorbed_decode_equals_expanded_decode(position, bias, q_rank, softcap, monkeypatch):
+@pytest.mark.parametrize("bias, q_rank, softcap, rope_heads", [(False, 0, 0.0, 1), (True, 8, 0.0, 1), (True, 0, 5.0, 1),
+                                                              (True, 0, 0.0, 2)])
+def test_mla_absorbed_decode_equals_expanded_decode(position, bias, q_rank, softcap, rope_heads, monkeypatch):
     """Decoding MLA from the cache attends in the latent space (W_uk folded into the queries, W_uv applied
     after): the same logits as re-expanding K/V and as the full forward, without ever calling kv_up on the
     cached latents; biases included (the key bias drops out of the softmax, the value bias passes through)."""
     from foundry.modules.attention import MultiHeadLatentAttention
 
     cfg = cfg_(attention="mla", position=position, bias=bias, attn_softcap=softcap,
-               mla=MLAConfig(kv_rank=8, q_rank=q_rank, rope_head_dim=4))
+               mla=MLAConfig(kv_rank=8, q_rank=q_rank, rope_head_dim=4, rope_heads=rope_heads,
+                             latent_norm=rope_heads == 1))
     model = GPT(cfg).eval()
     if bias:
         with torch.no_grad():

@@ -389,7 +389,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
     the latent and that key: (kv_rank + rope_head_dim) numbers per token instead of 2 * n_head * head_dim.
 
     Per head, q and k are [nope part (hs - dr) | rope part (dr)], v is hs wide; dr = 0 unless the position
-    encoding is rotary (rope, hybrid), whose `rotate` hook MLA replaces with its decoupled key.
+    encoding is rotary (rope, hybrid), whose `rotate` hook MLA replaces with its decoupled key. `mla.rope_heads`
+    = g decoupled keys (B, T, g * dr), each shared by nh / g consecutive heads (g = 1 in DeepSeek-V2; a model
+    converted from GQA by foundry.surgery keeps one per parent KV head, as MHA2MLA, Ji et al. 2025).
     """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
@@ -401,6 +403,7 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         self.rope_dim = m.rope_dim(cfg.head_dim) if cfg.position in ("rope", "hybrid") else 0
         self.nope_dim = self.head_dim - self.rope_dim
         self.kv_rank, self.theta = m.kv_rank, cfg.rope.theta
+        self.rope_heads = m.rope_heads
         C, nh, hs = cfg.n_embd, self.n_head, self.head_dim
         if m.q_rank > 0:  # queries through their own low-rank bottleneck (saves activations, not cache)
             self.q_down = nn.Linear(C, m.q_rank, bias=cfg.bias)
@@ -408,8 +411,8 @@ class MultiHeadLatentAttention(CausalSelfAttention):
             self.q_up = nn.Linear(m.q_rank, nh * hs, bias=cfg.bias)
         else:
             self.wq = nn.Linear(C, nh * hs, bias=cfg.bias)
-        self.kv_down = nn.Linear(C, m.kv_rank + self.rope_dim, bias=cfg.bias)  # [latent | shared rope key]
-        self.kv_norm = RMSNorm(m.kv_rank, cfg.norm_eps)
+        self.kv_down = nn.Linear(C, m.kv_rank + self.rope_heads * self.rope_dim, bias=cfg.bias)  # [latent | rope keys]
+        self.kv_norm = RMSNorm(m.kv_rank, cfg.norm_eps) if m.latent_norm else nn.Identity()
         self.kv_up = nn.Linear(m.kv_rank, nh * (self.nope_dim + hs), bias=cfg.bias)  # [k_nope | v] per head
         self.proj = nn.Linear(nh * hs, C, bias=cfg.bias)
         self.dropout = cfg.dropout
@@ -423,7 +426,12 @@ class MultiHeadLatentAttention(CausalSelfAttention):
     absorb = True
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
-        return LatentCache(batch, max_len, self.kv_rank, self.rope_dim, device, dtype)
+        return LatentCache(batch, max_len, self.kv_rank, self.rope_heads * self.rope_dim, device, dtype)
+
+    def rope_keys(self, k_rope: torch.Tensor) -> torch.Tensor:
+        """(B, T, g * dr) -> (B, g, T, dr): the g decoupled RoPE keys as heads."""
+        B, T, _ = k_rope.shape
+        return k_rope.view(B, T, self.rope_heads, self.rope_dim).transpose(1, 2)
 
     def attend_latent(self, q, c, k_rope, pos, start: int, mask):
         """Attention straight from the cached latents, never expanding per-head K/V (DeepSeek-V2 sec. 2.1.3).
@@ -431,17 +439,19 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         With kv_up = [W_uk | W_uv] per head: q_nope . (W_uk c + b_k) = (q_nope W_uk) . c + q_nope . b_k, and the
         last term is the same for every key, so softmax drops it; sum_j a_j (W_uv c_j + b_v) = W_uv (sum_j a_j c_j)
         + b_v because the weights sum to 1. So the queries move into the latent space once, (B, nh, Tq, r + dr),
-        all heads share one latent "key" [c | k_rope] (B, 1, Tk, r + dr) and "value" c (B, 1, Tk, r), and
-        W_uv maps each head's latent output back to hs. Per step this costs O(Tk (r + dr)) per head instead of
-        re-expanding O(Tk r nh (hs - dr + hs)) K/V. q (B, nh, Tq, hs) rotated; c (B, Tk, r); k_rope (B, Tk, dr).
+        all heads share one latent "key" [c | k_rope] (B, g, Tk, r + dr) (g = rope_heads, grouped like GQA) and
+        "value" c, and W_uv maps each head's latent output back to hs. Per step this costs O(Tk (r + dr)) per head instead of
+        re-expanding O(Tk r nh (hs - dr + hs)) K/V. q (B, nh, Tq, hs) rotated; c (B, Tk, r); k_rope (B, Tk, g dr).
         Not with qk_norm (a per-key norm of the expanded key cannot be absorbed)."""
         B, nh, Tq, hs = q.shape
         W = self.kv_up.weight.view(nh, self.nope_dim + hs, self.kv_rank)        # (nh, nope + hs, r)
         w_uk, w_uv = W[:, :self.nope_dim], W[:, self.nope_dim:]                 # (nh, nope, r), (nh, hs, r)
         q_nope, q_rope = q.split([self.nope_dim, self.rope_dim], dim=-1)
         q_lat = torch.cat((q_nope @ w_uk, q_rope), dim=-1)                      # (B, nh, Tq, r + dr)
-        k_lat = torch.cat((c, k_rope), dim=-1)[:, None]                         # (B, 1, Tk, r + dr)
-        o = self.attend_scores(q_lat, k_lat, c[:, None], pos, start, mask, scale=1.0 / math.sqrt(hs))
+        g, Tk = self.rope_heads, c.shape[1]
+        c_g = c[:, None].expand(B, g, Tk, self.kv_rank)                         # (B, g, Tk, r), a view
+        k_lat = torch.cat((c_g, self.rope_keys(k_rope)), dim=-1) if self.rope_dim else c_g  # (B, g, Tk, r + dr)
+        o = self.attend_scores(q_lat, k_lat, c_g, pos, start, mask, scale=1.0 / math.sqrt(hs))
         y = o @ w_uv.transpose(1, 2)                                            # (B, nh, Tq, hs)
         if self.kv_up.bias is not None:
             y = y + self.kv_up.bias.view(nh, self.nope_dim + hs)[:, None, self.nope_dim:]
@@ -452,13 +462,14 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         nh, hs, dr = self.n_head, self.head_dim, self.rope_dim
         q = self.q_up(self.q_norm(self.q_down(x))) if hasattr(self, "q_down") else self.wq(x)
         q = q.view(B, T, nh, hs).transpose(1, 2)                          # (B, nh, T, hs)
-        c, k_rope = self.kv_down(x).split([self.kv_rank, dr], dim=-1)     # (B, T, r), (B, T, dr)
+        g = self.rope_heads
+        c, k_rope = self.kv_down(x).split([self.kv_rank, g * dr], dim=-1)  # (B, T, r), (B, T, g * dr)
         c = self.kv_norm(c)
         if dr:
             cos, sin = rope_cos_sin(positions, dr, self.theta, q.dtype)
             q_nope, q_rope = q.split([self.nope_dim, dr], dim=-1)
             q = torch.cat((q_nope, apply_rope(q_rope, cos, sin)), dim=-1)
-            k_rope = apply_rope(k_rope[:, None], cos, sin)[:, 0]          # one key shared by every head
+            k_rope = apply_rope(self.rope_keys(k_rope), cos, sin).transpose(1, 2).reshape(B, T, g * dr)
         start = 0
         if cache is not None:
             start = cache.length
@@ -472,7 +483,11 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         # a copy: v starts (hs - dr) numbers into each row, which SDPA's memory-efficient CUDA kernel reads
         # misaligned when that is not a multiple of 16 bytes (torch 2.11, H200: "misaligned address")
         v = v.contiguous()
-        k = torch.cat((k_nope, k_rope[:, None].expand(B, nh, Tk, dr)), dim=-1) if dr else k_nope
+        if dr:  # each rope key serves nh // g consecutive heads
+            k_r = self.rope_keys(k_rope)[:, :, None].expand(B, g, nh // g, Tk, dr).reshape(B, nh, Tk, dr)
+            k = torch.cat((k_nope, k_r), dim=-1)
+        else:
+            k = k_nope
         if self.qk_norm:
             q, k = rms_norm_heads(q), rms_norm_heads(k)
         y = self.attend_scores(q, k, v, pos, start, mask)
