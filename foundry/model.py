@@ -151,12 +151,14 @@ class GPT(nn.Module):
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop_tokens: Sequence[int] | None = None, generator: torch.Generator | None = None,
                  use_cache: bool = True,
-                 should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+                 should_stop: Callable[[int, list[int]], bool] | None = None,
+                 on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
         """Sample continuations for a batch of prompts (a (B, T) tensor or lists of ids of any lengths).
 
         Prompts are left-padded; per-row positions and a key mask keep padding invisible. temperature 0 is
         greedy. Returns the new tokens of each prompt, cut after the first stop token (kept). `should_stop(row,
         new_ids)` ends a row early on any other condition (e.g. a stop string spanning several tokens).
+        `on_token(row, id)` is called for each token as it is sampled, stop tokens included (streaming).
         """
         device = next(self.parameters()).device
         rows = [list(map(int, p)) for p in (prompts.tolist() if torch.is_tensor(prompts) else prompts)]
@@ -196,6 +198,8 @@ class GPT(nn.Module):
                 for b in range(B):
                     if not done[b]:
                         out[b].append(picked[b])
+                        if on_token is not None:
+                            on_token(b, picked[b])
                         done[b] = picked[b] in stop or (should_stop is not None and should_stop(b, out[b]))
                 if all(done):
                     break
