@@ -3,7 +3,9 @@
     python -m foundry.train EXPERIMENT.yaml [--set key.path=value ...] [--resume] [--logger tensorboard|wandb]
     torchrun --standalone --nproc_per_node=2 -m foundry.train EXPERIMENT.yaml      (DDP/FSDP, see distributed.py)
 
-One plain loop with section banners. What it leaves in `out_dir` (rank 0 alone writes):
+One plain loop with section banners over the training core (foundry/trainer/: build_run, train_step,
+TrainState, RunDir; the objective decides what a batch and its loss are). What it leaves in `out_dir`
+(rank 0 alone writes, through trainer/rundir.py):
     config.yaml      the fully resolved experiment (loads back to an equal config)
     tokenizer.json   the data's tokenizer, so the run directory is self-contained
     metrics.jsonl    one JSON object per line: training lines {iter, loss, lr, tokens_per_sec, ms_per_iter,
@@ -21,10 +23,7 @@ between runs (extending a run); any other change of the experiment is refused.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -32,56 +31,13 @@ from pathlib import Path
 
 # No `import torch` up here: torch takes seconds to import, and a bad experiment must be refused in well under
 # one (tests/test_config.py::test_cli_refuses_bad_config_fast_and_names_the_key). Functions import it.
-from foundry.config import ConfigError, ExperimentConfig, load_experiment, write_text_atomic
+from foundry.config import ConfigError, ExperimentConfig, load_experiment
+from foundry.trainer.rundir import RESUMABLE_CHANGES, MetricsLog, RunDir, read_metrics  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------------------------------
-# Run log: JSONL always, TensorBoard / Weights & Biases (offline) on request
+# Run log: metrics.jsonl always (trainer/rundir.py), TensorBoard / Weights & Biases (offline) on request
 # --------------------------------------------------------------------------------------------------
-class MetricsLog:
-    """Append-only JSONL, flushed after every line; `sync()` (called at each checkpoint) fsyncs it, so what a
-    checkpoint covers is on disk, and a kill loses at most lines after it, which a resumed run rewrites."""
-
-    def __init__(self, path: Path, enabled: bool = True):
-        self.path, self.enabled = path, enabled
-        self._f = open(path, "a") if enabled else None
-
-    def write(self, **row) -> None:
-        if self._f is not None:
-            self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
-
-    def sync(self) -> None:
-        if self._f is not None:
-            os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if self._f is not None:
-            self.sync()
-            self._f.close()
-            self._f = None
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics.jsonl, skipping a torn last line left by a kill."""
-    rows = []
-    p = Path(path)
-    if not p.is_file():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def truncate_metrics(path: Path, last_iter: int) -> None:
-    """Keep the rows up to `last_iter` (a resumed run rewrites what came after its checkpoint)."""
-    rows = [r for r in read_metrics(path) if r.get("iter", 0) <= last_iter]
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 LOGGERS = ("tensorboard", "wandb")
 
 
@@ -235,79 +191,13 @@ def fmt_eta(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
-def evaluate(model, data, cfg: ExperimentConfig, device, ctx, info=None) -> dict:
-    """Validation loss (nats/token, plain cross-entropy) and bits per byte over a fixed, declared set of
-    windows: the first eval_iters x batch_size non-overlapping block_size windows of the validation split
-    (all of it when shorter). Bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted tokens,
-    so runs with different tokenizers compare.
+def __getattr__(name: str):
+    """`foundry.train.evaluate` (the LM validation) is re-exported lazily: importing this module stays torch-free."""
+    if name == "evaluate":
+        from foundry.trainer.objectives import evaluate_windows
 
-    Under torchrun (`info`, a distributed.DistInfo with world_size > 1) the batches are dealt round-robin to
-    the ranks and the float64 sums all-reduced, so each rank evaluates 1/world_size of the windows and every
-    rank gets the single-process result (the same batches; only the order of the float64 sum differs). A
-    rank with one batch fewer runs one extra forward with zero weight, because an FSDP-sharded model's
-    forward is a collective that every rank must enter the same number of times."""
-    import torch
-
-    from foundry.data.dataset import eval_batches
-
-    T, B = cfg.model_args.block_size, cfg.training.batch_size
-    rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
-    byte_len = data.byte_lengths().to(device)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, bytes, tokens
-
-    def add(x, y, weight: float) -> None:
-        x, y = x.to(device), y.to(device)
-        with ctx, torch.no_grad():
-            logits = model(x)
-        nats = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1),
-                                                 reduction="sum")
-        sums.add_(torch.stack([nats.double(), byte_len[y].sum(), torch.full((), float(y.numel()), dtype=torch.float64,
-                                                                             device=device)]), alpha=weight)
-
-    first, done, n_batches = None, 0, 0
-    for i, (x, y) in enumerate(eval_batches(data.val, T, cfg.training.eval_iters * B, B)):
-        first = (x, y) if first is None else first
-        n_batches += 1
-        if i % world == rank:
-            add(x, y, 1.0)
-            done += 1
-    if first is not None and done < -(-n_batches // world):
-        add(*first, 0.0)  # a padding forward: the collectives stay matched, nothing is counted
-    model.train(was_training)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    nats, total_bytes, total_tokens = (float(v) for v in sums)
-    if total_tokens == 0:
-        raise ValueError(f"validation split of {len(data.val)} tokens is shorter than one block of {T}")
-    return {"val_loss": nats / total_tokens, "val_bpb": nats / math.log(2) / max(total_bytes, 1.0),
-            "val_tokens": int(total_tokens)}
-
-
-# Keys that may differ when a run is continued: its length (extending a run, successive halving) and how
-# it is executed or reported, none of which changes the weights it computes on the same device.
-RESUMABLE_CHANGES = {"training.max_iters", "training.device", "training.num_threads", "training.compile",
-                     "training.cpu_malloc_tuning",
-                     "training.log_interval", "training.sample_tokens", "training.sample_prompt", "eval.tasks",
-                     "eval.limit", "eval.num_fewshot", "out_dir", "lineage"}
-
-
-def _config_diff(a: ExperimentConfig, b: ExperimentConfig) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict) and v and k not in ("extra", "lineage"):
-                yield from flat(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-    fa, fb = dict(flat(a.to_dict())), dict(flat(b.to_dict()))
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+        return evaluate_windows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -321,20 +211,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
     be larger: the run is extended). Under torchrun every process calls this; rank 0 alone writes."""
     import torch
 
-    import yaml
-
     from foundry import distributed as D
-    from foundry.checkpoint import find_checkpoint, load_state, load_weights, save_checkpoint
-    from foundry.config import from_dict
-    from foundry.data.dataset import load_data
-    from foundry.data.sampler import make_sampler, split_batch
-    from foundry.model import GPT
-    from foundry.modules import LOSS
-    from foundry.optim import build_optimizer, lr_at
+    from foundry.data.sampler import split_batch
+    from foundry.optim import lr_at
+    from foundry.trainer.core import TrainState, build_run, train_step
 
     t_start = time.perf_counter()
     tc = cfg.training
-    out = Path(cfg.out_dir)
 
     # ---- processes, device, precision -----------------------------------------------------------
     device_type = pick_device(tc.device).type
@@ -345,7 +228,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             torch.cuda.set_device(device)
         main = info.is_main
         say = (lambda *a, **k: None) if (quiet or not main) else (lambda *a, **k: print(*a, **k, flush=True))
-        extra_log = ExtraLoggers(loggers, out, cfg, enabled=False)  # fail on a missing package before any work
+        out = RunDir(cfg.out_dir, main)
+        extra_log = ExtraLoggers(loggers, out.path, cfg, enabled=False)  # fail on a missing package before any work
         dtype = pick_dtype(tc.dtype, device)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
@@ -356,119 +240,43 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (no effect under bf16)
             torch.backends.cudnn.allow_tf32 = True
 
-        # ---- data and vocabulary ----------------------------------------------------------------
-        data = load_data(cfg.data.path)
-        vocab = cfg.model_args.vocab_size
-        if vocab is None:
-            cfg = cfg.replace({"model_args.vocab_size": data.vocab_size})
-        elif vocab < data.vocab_size:
-            raise ConfigError(f"model_args.vocab_size={vocab} is smaller than the data's vocabulary "
-                              f"({data.vocab_size} tokens in {data.name}); raise it or leave it unset")
+        # ---- data, model, optimiser, sampler; the state of an earlier run in out_dir ---------------
+        run = build_run(cfg, device, info, out, say=say)
+        if resume and run.ckpt is None:
+            say(f"--resume: no checkpoint in {out.path}, starting a new run")
+        cfg, model, data, objective = run.cfg, run.model, run.data, run.objective
         mc = cfg.model_args
+        state = TrainState.start(run, say=say)
+        if run.ckpt is not None:
+            out.resume(cfg, state.iter)
+            say(f"resumed from {run.ckpt} at iteration {state.iter}")
+        else:
+            out.start(cfg, data.tokenizer)
+        D.barrier(info)
         micro_batch, accum = split_batch(tc, info.world_size)
-
-        # ---- an earlier run in out_dir? ---------------------------------------------------------
-        ckpt = find_checkpoint(out / "ckpt_last")
-        st = None
-        if ckpt is not None:
-            stored = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-            changed = [k for k in _config_diff(stored, cfg) if k not in RESUMABLE_CHANGES]
-            if changed:
-                raise FileExistsError(f"{out} holds a run of a different experiment ({', '.join(changed[:6])} "
-                                      f"differ from the stored config); choose another out_dir or delete that run")
-            st = load_state(ckpt)
-        elif resume:
-            say(f"--resume: no checkpoint in {out}, starting a new run")
-
-        # ---- model, wrapping, optimiser ---------------------------------------------------------
-        torch.manual_seed(tc.seed)  # the same initial weights on every rank (FSDP shards from them)
-        model = GPT(mc, loss_fn=LOSS.get(tc.loss)(tc))
-        if st is not None:
-            load_weights(model, ckpt)  # full weights, before any sharding
-        model.to(device)
-        n_params = model.num_params()
-        mode = D.choose_mode(tc.distributed, info.world_size, device.type,
-                             sum(p.numel() for p in model.parameters()), tc.fsdp_min_params)
-        wrapped = D.wrap(model, mode, info, device)
-        optimizer = build_optimizer(model, tc, device.type)
-        step_model = torch.compile(wrapped) if tc.compile else wrapped
-        sampler = make_sampler(data, cfg, info.rank, info.world_size)
-        tokens_per_iter = micro_batch * accum * info.world_size * mc.block_size  # global
+        tokens_per_iter = micro_batch * accum * info.world_size * objective.tokens_per_row()  # global
+        n_params = run.n_params
         flops_per_iter = model.flops_per_token(mc.block_size) * tokens_per_iter
         peak = peak_flops(device, dtype)
-        torch.manual_seed(tc.seed + info.rank)  # dropout streams differ per rank
 
-        start_iter, best_val = 0, float("inf")
-        if st is not None:
-            D.load_optimizer_state(model, optimizer, st["optimizer"], mode)
-            start_iter, best_val = st["iter"], st["best_val"]
-            saved_world = len(st["sampler"])
-            if saved_world == info.world_size:  # the exact continuation
-                sampler.load_state_dict(st["sampler"][info.rank])
-                torch.set_rng_state(st["rng_cpu"][info.rank])
-                if device.type == "cuda" and st.get("rng_cuda"):
-                    torch.cuda.set_rng_state(st["rng_cuda"][info.rank], device)
-            else:
-                # another process count: the built-in samplers' row counter is global, so the data order
-                # continues exactly; only the dropout streams are reseeded
-                state = dict(st["sampler"][0])
-                if state.get("kind") not in ("random", "sequential"):
-                    raise ValueError(f"{ckpt} was written by {saved_world} processes and this run has "
-                                     f"{info.world_size}; a {state.get('kind')!r} sampler can only resume with "
-                                     f"the same number of processes")
-                sampler.load_state_dict(state)
-                torch.manual_seed(tc.seed + info.rank + 7919 * start_iter)
-                say(f"note: checkpoint written by {saved_world} process(es), resuming with {info.world_size}: "
-                    f"data order continues exactly, dropout streams are reseeded")
-            if main:
-                truncate_metrics(out / "metrics.jsonl", start_iter)
-                write_text_atomic(out / "config.yaml", cfg.to_yaml())  # an extended run records its new max_iters
-            say(f"resumed from {ckpt} at iteration {start_iter}")
-        elif main:
-            out.mkdir(parents=True, exist_ok=True)
-            for stale in ("metrics.jsonl", "summary.json", "sample.txt"):
-                (out / stale).unlink(missing_ok=True)
-            shutil.rmtree(out / "ckpt_best", ignore_errors=True)
-            write_text_atomic(out / "config.yaml", cfg.to_yaml())
-            data.tokenizer.save(out / "tokenizer.json")  # a run directory is self-contained for eval and sampling
-        D.barrier(info)
-
-        log = MetricsLog(out / "metrics.jsonl", enabled=main)
-        extra_log = ExtraLoggers(loggers, out, cfg, enabled=main)
+        log = out.metrics()
+        extra_log = ExtraLoggers(loggers, out.path, cfg, enabled=main)
         say(f"foundry: {cfg.base_model} | {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide | "
             f"{mc.attention}/{mc.position}/{mc.norm}/{mc.mlp} | {n_params / 1e6:.2f}M parameters | "
             f"data {data.name} ({len(data.train):,} train / {len(data.val):,} val tokens, vocab {data.vocab_size}) | "
             f"{device.type} {str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads | "
-            f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({mode}) | "
+            f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({run.mode}) | "
             f"batch {micro_batch}x{accum}x{info.world_size}x{mc.block_size} = {tokens_per_iter:,} tokens/iter")
-        if start_iter == 0:
+        if state.iter == 0:
             log.write(event="start", params=n_params, data=data.name, data_fingerprint=data.fingerprint,
                       config_hash=cfg.hash(), device=device.type, dtype=str(dtype).replace("torch.", ""),
-                      world_size=info.world_size, distributed=mode)
+                      world_size=info.world_size, distributed=run.mode)
 
-        def checkpoint(it: int, is_best: bool) -> None:
+        def checkpoint(is_best: bool) -> None:
             """Collective under FSDP (the full state is gathered); rank 0 writes."""
-            weights = D.full_model_state(model, mode)
-            optim_state = D.full_optimizer_state(model, optimizer, mode)
-            rng = {"rng_cpu": torch.get_rng_state(), "sampler": sampler.state_dict()}
-            if device.type == "cuda":
-                rng["rng_cuda"] = torch.cuda.get_rng_state(device)
-            per_rank = [rng] if info.world_size == 1 else [None] * info.world_size
-            if info.world_size > 1:
-                torch.distributed.all_gather_object(per_rank, rng)
+            st, weights = state.capture(run)
             log.sync()
-            if main:
-                state = {"iter": it, "best_val": best_val, "optimizer": optim_state,
-                         "rng_cpu": [r["rng_cpu"] for r in per_rank],
-                         "rng_cuda": [r.get("rng_cuda") for r in per_rank] if device.type == "cuda" else None,
-                         "sampler": [r["sampler"] for r in per_rank], "world_size": info.world_size}
-                save_checkpoint(out / "ckpt_last", model, state, cfg.to_yaml(), weights=weights)
-                if is_best:
-                    tmp = out / "ckpt_best.tmp"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    shutil.copytree(out / "ckpt_last", tmp)
-                    shutil.rmtree(out / "ckpt_best", ignore_errors=True)
-                    os.replace(tmp, out / "ckpt_best")
+            out.save_checkpoint(model, st, cfg.to_yaml(), weights=weights, is_best=is_best)
             D.barrier(info)
 
         def check_finite(it: int, bad_at: torch.Tensor) -> None:
@@ -477,7 +285,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             if first_bad >= 0:
                 raise FloatingPointError(
                     f"loss or gradient norm became non-finite (nan/inf) at iteration {first_bad + 1} (seen at "
-                    f"{it}); stopped without saving, so the last good checkpoint in {out / 'ckpt_last'} is intact. "
+                    f"{it}); stopped without saving, so the last good checkpoint in {out.last} is intact. "
                     f"Lower training.learning_rate, set training.grad_clip, or use training.dtype=float32")
 
         # ---- the loop ---------------------------------------------------------------------------
@@ -485,34 +293,19 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         ev: dict = {}
         bad_at = torch.full((), -1, dtype=torch.long, device=device)   # first iteration with a non-finite value
         loss_window = torch.zeros((), device=device)                   # summed loss since the last log line
-        aux_window = torch.zeros((), device=device)                    # summed auxiliary loss (MoE balancing)
-        has_aux = False
+        parts_window: dict = {}                                        # summed extra scalars (MoE balancing, DPO)
         window_iters, t_last, train_time, train_iters = 0, time.perf_counter(), 0.0, 0
         clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")      # inf: measure the norm, do not clip
-        for it in range(start_iter, tc.max_iters):
+        loss_of = run.loss_of(ctx)
+        for it in range(state.iter, tc.max_iters):
             lr = lr_at(it, tc)
-            for group in optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                x, y = sampler.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with D.no_sync(wrapped, mode, micro == accum - 1):
-                    with ctx:
-                        loss, parts = step_model(x, y)
-                    (loss / accum).backward()
-                if parts.get("aux_loss") is not None:
-                    aux_window += parts["aux_loss"] / accum
-                    has_aux = True
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
-            if hasattr(grad_norm, "full_tensor"):  # DTensor under FSDP
-                grad_norm = grad_norm.full_tensor()
-            finite = torch.isfinite(loss_sum) & torch.isfinite(grad_norm)
-            bad_at = torch.where((bad_at < 0) & ~finite, torch.full_like(bad_at, it), bad_at)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_window += loss_sum / accum
+            step = train_step(model, run.optimizer, run.sampler.next_batch, loss_of, accum, clip, run.no_sync)
+            bad_at = torch.where((bad_at < 0) & ~step.finite, torch.full_like(bad_at, it), bad_at)
+            loss_window += step.loss
+            for k, v in step.parts.items():
+                parts_window[k] = parts_window[k] + v if k in parts_window else v.clone()
             window_iters += 1
 
             done = it + 1
@@ -526,10 +319,10 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 train_iters += window_iters
                 tps = tokens_per_iter / dt
                 row = dict(iter=done, loss=loss_val, lr=lr, tokens_per_sec=tps, ms_per_iter=dt * 1000,
-                           grad_norm=float(grad_norm))
-                if has_aux:  # reported apart from `loss`, which already includes it
-                    row["aux_loss"] = float(D.all_reduce_mean(aux_window, info)) / window_iters
-                    aux_window.zero_()
+                           grad_norm=float(step.grad_norm))
+                for k, v in parts_window.items():  # aux_loss is reported apart from `loss`, which includes it
+                    row[k] = float(D.all_reduce_mean(v, info)) / window_iters
+                parts_window.clear()
                 mfu_txt = f"{flops_per_iter / dt / 1e9:,.1f} GFLOP/s"
                 if peak:
                     row["mfu"] = flops_per_iter / dt / peak
@@ -543,25 +336,27 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 window_iters = 0
                 t_last = time.perf_counter()
             if is_eval:
-                ev = evaluate(model, data, cfg, device, ctx, info)
-                is_best = ev["val_loss"] < best_val
-                best_val = min(best_val, ev["val_loss"])
+                ev = objective.evaluate(model, data, device, ctx, info)
+                is_best = ev["val_loss"] < state.best_val
+                state.iter, state.best_val = done, min(state.best_val, ev["val_loss"])
                 log.write(iter=done, **ev)
                 extra_log.write(done, ev)
-                say(f"eval {done}: val loss {ev['val_loss']:.4f} | val bpb {ev['val_bpb']:.4f}")
-                checkpoint(done, is_best)
+                say(f"eval {done}: " + " | ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in ev.items()
+                                                   if isinstance(v, float)))
+                checkpoint(is_best)
                 t_last = time.perf_counter()  # evaluation and checkpoint time are not training throughput
 
         # ---- the end: a sample and a summary ------------------------------------------------------
         if not ev:  # resumed a finished run
-            ev = evaluate(model, data, cfg, device, ctx, info)
-        sample = ""
+            ev = objective.evaluate(model, data, device, ctx, info)
         if tc.sample_tokens > 0:
             sampler_model = model
-            if mode == "fsdp":  # sample from a plain copy of the full weights, on rank 0 alone
-                weights = D.full_model_state(model, mode)
+            if run.mode == "fsdp":  # sample from a plain copy of the full weights, on rank 0 alone
+                weights = D.full_model_state(model, run.mode)
                 sampler_model = None
                 if main:
+                    from foundry.model import GPT
+
                     sampler_model = GPT(mc).to(device)
                     sampler_model.load_state_dict(weights, strict=False)
             if main:
@@ -569,18 +364,19 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                 gen = torch.Generator(device=device).manual_seed(tc.seed)
                 ids = sampler_model.generate([prompt], tc.sample_tokens, temperature=0.8, top_k=200, generator=gen)[0]
                 sample = tc.sample_prompt + data.tokenizer.decode(ids)
-                write_text_atomic(out / "sample.txt", sample)
+                out.write_sample(sample)
                 say("---- sample ----\n" + sample.strip() + "\n----------------")
-        summary = {"val_loss": ev["val_loss"], "val_bpb": ev["val_bpb"], "best_val_loss": best_val,
+        summary = {**{k: v for k, v in ev.items() if k.startswith("val_") and k != "val_tokens"},
+                   "best_val_loss": state.best_val,
                    "iters": tc.max_iters, "params": n_params, "wall_seconds": time.perf_counter() - t_start,
                    "tokens_per_sec": tokens_per_iter * train_iters / train_time if train_time > 0 else None,
-                   "world_size": info.world_size, "distributed": mode,
-                   "config_hash": cfg.hash(), "out_dir": str(out)}
-        if main:
-            write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+                   "world_size": info.world_size, "distributed": run.mode,
+                   "config_hash": cfg.hash(), "out_dir": str(out.path)}
+        out.write_summary(summary)
         extra_log.close()
         log.close()
-        say(f"done: val loss {ev['val_loss']:.4f}, val bpb {ev['val_bpb']:.4f} -> {out}")
+        say(f"done: " + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in ev.items() if isinstance(v, float))
+            + f" -> {out.path}")
         D.barrier(info)
         return summary
     finally:

@@ -53,42 +53,26 @@ def range_test(cfg, min_lr: float, max_lr: float, steps: int, beta: float, diver
                threads: int = 0, say=print) -> dict:
     import torch
 
-    from foundry.data.dataset import load_data, random_batch
-    from foundry.model import GPT
-    from foundry.modules import LOSS
-    from foundry.optim import build_optimizer
+    from foundry.trainer.core import build_run, train_step
 
     tc = cfg.training
-    data = load_data(cfg.data.path)
-    if cfg.model_args.vocab_size is None:
-        cfg = cfg.replace({"model_args.vocab_size": data.vocab_size})
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(tc.seed)
-    mc = cfg.model_args
-    model = GPT(mc, loss_fn=LOSS.get(tc.loss)(tc))
-    model.train()
-    opt = build_optimizer(model, tc, "cpu")
-    gen = torch.Generator().manual_seed(tc.seed + 1)  # the data order training would see
+    run = build_run(cfg, "cpu")  # the model, optimiser and batches (in the order training sees them) of a run
+    run.model.train()
+    loss_of = run.loss_of()
+    clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
     lrs_all = lr_schedule(min_lr, max_lr, steps)
     lrs, losses, smoothed, stop = [], [], [], "reached --max-lr"
     avg, best = 0.0, float("inf")
     for i, lr in enumerate(lrs_all):
-        for g in opt.param_groups:
+        for g in run.optimizer.param_groups:
             g["lr"] = lr
-        total = 0.0
-        for _ in range(tc.gradient_accumulation_steps):
-            x, y = random_batch(data.train, tc.batch_size, mc.block_size, gen)
-            loss, _ = model(x, y)
-            (loss / tc.gradient_accumulation_steps).backward()
-            total += float(loss.detach()) / tc.gradient_accumulation_steps
+        step = train_step(run.model, run.optimizer, run.sampler.next_batch, loss_of, run.accum, clip)
+        total = float(step.loss)
         if not math.isfinite(total):
             stop = f"loss became non-finite at lr {lr:.3g}"
             break
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
         avg = beta * avg + (1 - beta) * total
         s = avg / (1 - beta ** (i + 1))
         lrs.append(lr), losses.append(total), smoothed.append(s)

@@ -138,6 +138,7 @@ def run_probe(model_cfg, probe, *, steps: int = 300, batch_size: int = 32, lr: f
               device: str = "cpu") -> tuple[dict, list[dict]]:
     """Train a fresh model of `model_cfg`'s architecture on `probe`, then test it; (summary, per-sequence rows)."""
     from foundry.model import GPT
+    from foundry.trainer.core import train_step
 
     cfg = dataclasses.replace(model_cfg, vocab_size=probe.vocab_size, dropout=0.0,
                               block_size=max(model_cfg.block_size, probe.seq_len))
@@ -150,17 +151,16 @@ def run_probe(model_cfg, probe, *, steps: int = 300, batch_size: int = 32, lr: f
                                               * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     g = torch.Generator().manual_seed(seed)
     mask = _mask_for(mask_kind, probe.seq_len, device)
+
+    def loss_of(batch):  # cross-entropy on the probe's asked positions (targets -1 elsewhere)
+        x, y = (t.to(device) for t in batch)
+        logits = model(x, mask=mask)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1), ignore_index=-1), {}
+
     model.train()
     loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        x, y = probe.sample(batch_size, g)
-        x, y = x.to(device), y.to(device)
-        logits = model(x, mask=mask)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), y.view(-1), ignore_index=-1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    for _ in range(steps):  # the training core's step: backward, clip to 1.0, optimiser step
+        loss = train_step(model, opt, lambda: probe.sample(batch_size, g), loss_of, clip=1.0).loss
         sched.step()
     model.eval()
     tg = torch.Generator().manual_seed(seed + 10_000)        # held-out sequences, never trained on

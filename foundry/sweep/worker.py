@@ -121,30 +121,17 @@ def probe_seconds_per_iter(config_yaml: str, threads: int, iters: int = 8) -> fl
     import yaml
 
     from foundry.config import from_dict
-    from foundry.data.dataset import load_data, random_batch
-    from foundry.model import GPT
-    from foundry.modules import LOSS
-    from foundry.optim import build_optimizer
+    from foundry.trainer.core import build_run, train_step
 
     cfg = from_dict(yaml.safe_load(config_yaml))
-    data = load_data(cfg.data.path)
-    if cfg.model_args.vocab_size is None:
-        cfg = cfg.replace({"model_args.vocab_size": data.vocab_size})
     if threads:
         torch.set_num_threads(threads)
-    tc, mc = cfg.training, cfg.model_args
-    model = GPT(mc, loss_fn=LOSS.get(tc.loss)(tc))
-    opt = build_optimizer(model, tc, "cpu")
-    gen = torch.Generator().manual_seed(0)
+    run = build_run(cfg, "cpu")  # the training core's model, optimiser and batches: what a trial will run
+    loss_of = run.loss_of()
     t = 0.0
     for i in range(iters + 2):
         if i == 2:
             t = time.perf_counter()
-        for _ in range(tc.gradient_accumulation_steps):
-            x, y = random_batch(data.train, tc.batch_size, mc.block_size, gen)
-            loss, _ = model(x, y)
-            loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(run.model, run.optimizer, run.sampler.next_batch, loss_of, run.accum)
     return (time.perf_counter() - t) / iters
 
