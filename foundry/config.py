@@ -57,14 +57,36 @@ GATED_MLPS = ("swiglu", "glu", "reglu", "geglu")
 # only the block of the chosen variant is read by the model.
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class RopeScalingConfig:
+    """RoPE frequency scaling for contexts longer than pretraining. `llama3` (Llama 3.1, Meta 2024): rotations
+    whose wavelength exceeds original_max_positions / low_freq_factor turn `factor` x slower, those shorter than
+    original_max_positions / high_freq_factor are kept, and the band between is interpolated linearly in
+    original_max_positions / wavelength. `none` leaves the frequencies as theta gives them."""
+    type: Literal["none", "llama3"] = "none"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+    def check(self, p: str) -> None:
+        _require(self.factor > 0, p + ".factor", "must be > 0")
+        _require(0 < self.low_freq_factor < self.high_freq_factor, p + ".low_freq_factor",
+                 f"must be > 0 and below high_freq_factor={self.high_freq_factor} (got {self.low_freq_factor})")
+        _require(self.original_max_positions >= 1, p + ".original_max_positions", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RopeConfig:
-    """RoPE (Su et al. 2021). `fraction` < 1 rotates only the first part of each head (partial rotary)."""
+    """RoPE (Su et al. 2021). `fraction` < 1 rotates only the first part of each head (partial rotary);
+    `scaling` stretches the low frequencies for long contexts (Llama 3.1)."""
     theta: float = 10000.0
     fraction: float = 1.0
+    scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
 
     def check(self, p: str) -> None:
         _require(self.theta > 0, p + ".theta", "must be > 0")
         _require(0 < self.fraction <= 1, p + ".fraction", "must be in (0, 1]")
+        self.scaling.check(p + ".scaling")
 
 
 @dataclass(frozen=True)
@@ -75,12 +97,23 @@ class HybridConfig:
 
 @dataclass(frozen=True)
 class SlidingWindowConfig:
-    """Local attention over the last `window` tokens. `pattern` is cycled over layers: S = sliding, L = global."""
+    """Local attention over the last `window` tokens. `pattern` is cycled over layers: S = sliding, L = global.
+    `layers`, when not empty, gives each layer its own window instead (n_layer entries, each a window >= 1 or
+    null for global attention), as checkpoints that mix window sizes per layer need (Qwen2's max_window_layers)."""
     window: int = 128
     pattern: str = "S"
+    layers: list = field(default_factory=list)
+
+    def layer_window(self, layer_idx: int) -> Optional[int]:
+        """The window of layer `layer_idx`, None for a global layer."""
+        if self.layers:
+            return self.layers[layer_idx]
+        return None if self.pattern[layer_idx % len(self.pattern)] == "L" else self.window
 
     def check(self, p: str) -> None:
         _require(self.window >= 1, p + ".window", "must be >= 1")
+        _require(all(w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1) for w in self.layers),
+                 p + ".layers", f"each entry must be a window >= 1 or null (global), got {self.layers}")
         _require(bool(self.pattern) and set(self.pattern) <= {"S", "L"}, p + ".pattern",
                  f"must be a non-empty string of S (sliding) and L (global) letters, got {self.pattern!r}")
 
@@ -170,10 +203,14 @@ class ModelConfig:
     n_head: int = 4
     n_kv_head: Optional[int] = None      # None: = n_head (MHA); fewer for GQA, 1 for MQA
     n_embd: int = 128
+    head_size: Optional[int] = None      # None: n_embd // n_head; set when heads are not n_embd / n_head wide
     block_size: int = 256
     vocab_size: Optional[int] = None     # None: taken from the data's tokenizer at train time
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True                    # biases of every Linear and LayerNorm, unless one of the three below says
+    qkv_bias: Optional[bool] = None      # None: = bias; q/k/v projections (Qwen2 has them, its output none)
+    attn_proj_bias: Optional[bool] = None  # None: = bias; the attention output projection
+    mlp_bias: Optional[bool] = None      # None: = bias; the MLP's Linear layers
     # component choices (names resolved once, when the model is built)
     attention: str = "mha"
     position: str = "learned"
@@ -182,6 +219,7 @@ class ModelConfig:
     mlp: str = "gelu"
     mlp_ratio: Optional[float] = None    # None: 4 for plain MLPs, 8/3 for gated ones
     mlp_multiple_of: int = 1             # hidden width rounded up to a multiple of this (Llama: 256)
+    mlp_hidden_size: Optional[int] = None  # explicit hidden width; None: from mlp_ratio and mlp_multiple_of
     norm_eps: float = 1e-5
     qk_norm: bool = False                # RMS-normalise q and k per head (Dehghani et al. 2023)
     attn_softcap: float = 0.0            # 0 = off; else logits -> c * tanh(logits / c) (Gemma 2)
@@ -199,7 +237,12 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size if self.head_size is not None else self.n_embd // self.n_head
+
+    def has_bias(self, part: Literal["qkv", "attn_proj", "mlp"]) -> bool:
+        """Whether the Linear layers of `part` carry a bias: its own field when set, else `bias`."""
+        own = {"qkv": self.qkv_bias, "attn_proj": self.attn_proj_bias, "mlp": self.mlp_bias}[part]
+        return self.bias if own is None else own
 
     @property
     def kv_heads(self) -> int:
@@ -214,6 +257,8 @@ class ModelConfig:
     @property
     def mlp_hidden(self) -> int:
         """Hidden width of the (dense or per-expert) MLP."""
+        if self.mlp_hidden_size is not None:
+            return self.mlp_hidden_size
         gated = (self.moe.expert if self.mlp == "moe" else self.mlp) in GATED_MLPS
         ratio = self.mlp_ratio if self.mlp_ratio is not None else (8 / 3 if gated else 4.0)
         hidden = int(ratio * self.n_embd)
@@ -225,9 +270,15 @@ class ModelConfig:
             _require(getattr(self, name) >= 1, f"{p}.{name}", "must be >= 1")
         _require(self.vocab_size is None or self.vocab_size >= 2, p + ".vocab_size", "must be >= 2")
         _require(0.0 <= self.dropout < 1.0, p + ".dropout", "must be in [0, 1)")
-        _require(self.n_embd % self.n_head == 0, p + ".n_embd",
+        _require(self.head_size is None or self.head_size >= 1, p + ".head_size", "must be >= 1, or null")
+        _require(self.head_size is not None or self.n_embd % self.n_head == 0, p + ".n_embd",
                  f"n_embd={self.n_embd} must be divisible by n_head={self.n_head} "
-                 f"(head size would be {self.n_embd / self.n_head:g}); change n_embd or n_head")
+                 f"(head size would be {self.n_embd / self.n_head:g}); change n_embd or n_head, or set head_size")
+        _require(self.mlp_hidden_size is None or self.mlp_hidden_size >= 1, p + ".mlp_hidden_size",
+                 "must be >= 1, or null")
+        if self.attention == "sliding_window" and self.sliding_window.layers:
+            _require(len(self.sliding_window.layers) == self.n_layer, p + ".sliding_window.layers",
+                     f"needs one entry per layer (n_layer={self.n_layer}), got {len(self.sliding_window.layers)}")
         kv = self.kv_heads
         _require(1 <= kv <= self.n_head and self.n_head % kv == 0, p + ".n_kv_head",
                  f"n_head={self.n_head} must be a multiple of n_kv_head={kv} (each KV head serves a whole "

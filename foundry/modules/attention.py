@@ -235,8 +235,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=cfg.bias)
+        self.qkv = nn.Linear(cfg.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=cfg.has_bias("qkv"))
+        self.proj = nn.Linear(self.n_head * self.head_dim, cfg.n_embd, bias=cfg.has_bias("attn_proj"))
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.qk_norm = cfg.qk_norm
@@ -316,13 +316,13 @@ class GroupedQueryAttention(CausalSelfAttention):
 class SlidingWindowAttention(CausalSelfAttention):
     """Sliding-window attention (Longformer, Beltagy et al. 2020; Mistral 2023): each query sees its last
     `window` tokens (itself included). `sliding_window.pattern` is cycled over layers, S = sliding,
-    L = global (Gemma 2's alternation is "SL")."""
+    L = global (Gemma 2's alternation is "SL"); `sliding_window.layers` sets each layer's window instead."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
-        sw = cfg.sliding_window
-        self.window = sw.window
-        self.is_global = sw.pattern[layer_idx % len(sw.pattern)] == "L"
+        window = cfg.sliding_window.layer_window(layer_idx)
+        self.is_global = window is None
+        self.window = cfg.sliding_window.window if window is None else window
 
     def new_cache(self, batch: int, max_len: int, device, dtype):
         """Sliding layers decode with a rolling buffer of window - 1 tokens; global layers keep everything."""

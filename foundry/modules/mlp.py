@@ -27,8 +27,8 @@ class GeluMLP(nn.Module):
     def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         super().__init__()
         hidden = hidden or cfg.mlp_hidden
-        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.has_bias("mlp"))
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias("mlp"))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ class GatedMLP(nn.Module):
     def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         super().__init__()
         hidden = hidden or cfg.mlp_hidden
-        self.fc = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.bias)  # [gate | up]
-        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, 2 * hidden, bias=cfg.has_bias("mlp"))  # [gate | up]
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.has_bias("mlp"))
         self.dropout = nn.Dropout(cfg.dropout)
 
     def act(self, gate: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from foundry.config import ModelConfig
+from foundry.config import ModelConfig, RopeScalingConfig
 from foundry.modules.registries import POSITION
 
 
@@ -51,9 +51,22 @@ class Learned(Position):
         return x + self.wpe(positions)  # (T, C) or (B, T, C), broadcast over B
 
 
-def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype):
+def rope_inv_freq(dim: int, theta: float, scaling: RopeScalingConfig | None = None, device=None) -> torch.Tensor:
+    """(dim/2,) float32 rotation frequencies theta^(-2i/dim), with `scaling` applied (see RopeScalingConfig)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    if scaling is None or scaling.type == "none":
+        return inv_freq
+    # llama3 (Llama 3.1): by wavelength 2 pi / f, long ones (> L / low) slowed `factor` x, short ones (< L / high)
+    # kept, and in between a linear blend in s = L / wavelength, from slowed at s = low to kept at s = high
+    s = scaling.original_max_positions / (2 * math.pi / inv_freq)          # (dim/2,) L / wavelength
+    blend = ((s - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)).clamp(0, 1)
+    return (1 - blend) * inv_freq / scaling.factor + blend * inv_freq
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.dtype,
+                 scaling: RopeScalingConfig | None = None):
     """cos, sin of shape (..., T, dim/2) for rotary dim `dim` (Su et al. 2021; HF's rotate_half layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim))
+    inv_freq = rope_inv_freq(dim, theta, scaling, positions.device)
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., T, dim/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -76,18 +89,18 @@ class Rope(Position):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.rot_dim = int(cfg.head_dim * cfg.rope.fraction) // 2 * 2
-        self.theta = cfg.rope.theta
+        self.theta, self.scaling = cfg.rope.theta, cfg.rope.scaling
         self._last = None  # (positions, (dtype, version), cos, sin): all layers of a forward share positions
 
     def rotate(self, q, k, positions):
         if torch.compiler.is_compiling():  # compiled: fused anyway, and module state would force recompiles
-            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype, self.scaling)
             return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         last = self._last
         if last is not None and last[0] is positions and last[1] == (q.dtype, positions._version):
             cos, sin = last[2], last[3]
         else:  # once per forward instead of once per layer: fewer small kernels, which dominate on a GPU
-            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype)
+            cos, sin = rope_cos_sin(positions, self.rot_dim, self.theta, q.dtype, self.scaling)
             self._last = (positions, (q.dtype, positions._version), cos, sin)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
