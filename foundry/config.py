@@ -327,6 +327,23 @@ class ModelConfig:
 # Training, data, eval
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class DPOConfig:
+    """Direct preference optimisation (Rafailov et al. 2023) against a frozen reference. loss_type: `sigmoid`
+    (DPO), `ipo` (Azar et al. 2023), `hinge` (SLiC, Zhao et al. 2023), `robust` (Chowdhury et al. 2024, with
+    `label_smoothing` the assumed rate of flipped labels). reference: `adapters_off` (the same network with its
+    LoRA adapters disabled: no second copy), `copy` (a frozen copy of the starting weights), `auto` (the first
+    under LoRA, else the second)."""
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = 0.0
+    reference: Literal["auto", "adapters_off", "copy"] = "auto"
+
+    def check(self, p: str) -> None:
+        _require(self.beta > 0, p + ".beta", "must be > 0")
+        _require(0 <= self.label_smoothing < 0.5, p + ".label_smoothing", "must be in [0, 0.5)")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     max_iters: int = 2000
     learning_rate: float = 1e-3
@@ -358,6 +375,8 @@ class TrainingConfig:
     z_loss: float = 0.0                  # PaLM's z-loss coefficient on log(Z)^2; 0 = off
     sample_tokens: int = 200             # length of the generated sample at the end (0 = none)
     sample_prompt: str = "\n"
+    objective: Literal["lm", "sft", "dpo"] = "lm"   # what a batch is and its loss (foundry/trainer/objectives.py)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def check(self, p: str = "training") -> None:
         for name in ("max_iters", "batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
@@ -383,6 +402,7 @@ class TrainingConfig:
         _require(dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit()),
                  p + ".device", f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
         check_component("loss", self.loss, p + ".loss")
+        self.dpo.check(p + ".dpo")
 
 
 @dataclass(frozen=True)
@@ -391,6 +411,14 @@ class DataConfig:
     order: Literal["random", "sequential"] = "random"
     curriculum: Literal["none", "length", "loss"] = "none"
     curriculum_model: Optional[str] = None  # run directory of the reference model for curriculum 'loss'
+    # finetuning (training.objective sft | dpo): data.path is a JSONL file (or HH-RLHF's .jsonl.gz)
+    chat_format: Optional[str] = None    # chatml | llama3 | alpaca | template (the checkpoint's own); None = template if any, else chatml
+    val_examples: int = 64               # examples (sft) or pairs (dpo) held out for validation, the file's last ones
+    reserved: int = 0                    # the file's first N records are left to evaluation (hh_rlhf scores the first --limit)
+
+    def check(self, p: str = "data") -> None:
+        _require(self.val_examples >= 1, p + ".val_examples", "must be >= 1")
+        _require(self.reserved >= 0, p + ".reserved", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -406,6 +434,24 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) on the nn.Linear layers whose names match `targets` (module paths
+    such as `attn.qkv`, `mlp.fc`, or fnmatch globs like `blocks.0.*`); the base weights are frozen. rank 0 =
+    no LoRA. The update is (alpha / rank) * B A, B starting at zero (foundry/lora.py)."""
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+
+    def check(self, p: str = "lora") -> None:
+        _require(self.rank >= 0, p + ".rank", "must be >= 0 (0 = off)")
+        _require(self.alpha > 0, p + ".alpha", "must be > 0")
+        _require(0 <= self.dropout < 1, p + ".dropout", "must be in [0, 1)")
+        _require(bool(self.targets) and all(isinstance(t, str) and t for t in self.targets), p + ".targets",
+                 "must be a non-empty list of module name patterns, e.g. [attn.qkv, attn.proj]")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     base_model: Literal["v1", "v2"] = "v1"
     model_args: ModelConfig = field(default_factory=ModelConfig)
@@ -414,6 +460,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = "runs/baseline"
     plugins: list = field(default_factory=list)   # modules or .py files that register extra variants
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     lineage: dict = field(default_factory=dict)   # parent, mutation, config hash (written by foundry.mutate)
 
     def check(self) -> None:
@@ -421,6 +468,8 @@ class ExperimentConfig:
         self.model_args.check("model_args")
         self.training.check("training")
         self.eval.check("eval")
+        self.data.check("data")
+        self.lora.check("lora")
         _require(bool(self.out_dir), "out_dir", "must not be empty")
 
     def to_dict(self) -> dict:
