@@ -460,6 +460,9 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = "runs/baseline"
     plugins: list = field(default_factory=list)   # modules or .py files that register extra variants
+    # starting weights: a foundry run directory (its trained checkpoint), or a zoo model name / Hugging Face
+    # checkpoint directory (foundry.zoo); None = a fresh random model. Finetuning (lora, sft, dpo) needs one.
+    init_from: Optional[str] = None
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     lineage: dict = field(default_factory=dict)   # parent, mutation, config hash (written by foundry.mutate)
 
