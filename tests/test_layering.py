@@ -4,7 +4,7 @@
     1 modules  foundry.modules.*
     2 model    foundry.model;  data core: foundry.data.* except the model-using parts
     3 run      train, optim, checkpoint, store, distributed, data.{sampler,curriculum,synthetic}, eval.*, zoo.*, lora.*
-    4 loop     mutate.*, sweep.*, cli.*
+    4 loop     mutate.*, sweep.*, cli.*, surgery.*, generate, chat
 
 A module may import from its own layer and the layers below, never above. Every module must be placed
 in a layer here: a new top-level module fails this test until it is given one (and documented).
@@ -26,6 +26,7 @@ RULES = [  # (prefix, layer); the longest matching prefix wins
     ("foundry.train", 3), ("foundry.optim", 3), ("foundry.checkpoint", 3), ("foundry.distributed", 3),
     ("foundry.loggers", 3), ("foundry.trainer", 3), ("foundry.eval", 3), ("foundry.zoo", 3), ("foundry.lora", 3), ("foundry.finetune", 3),
     ("foundry.mutate", 4), ("foundry.store", 3), ("foundry.sweep", 4), ("foundry.cli", 4),
+    ("foundry.generate", 4), ("foundry.chat", 4), ("foundry.surgery", 4),
     ("foundry", 0),  # the package root (__init__) is as light as the config
 ]
 # mutate's config transforms must stay instant: torch-free like the config

@@ -66,9 +66,10 @@ def _attention_examples(cfg: ExperimentConfig) -> list[str]:
 
 
 @mutation("attention", group="architecture", examples=_attention_examples,
-          variants=("mha", "gqa_<n>kv", "mqa", "mla", "sliding_<w>", "block_sparse", "strided"))
+          variants=("mha", "gqa_<n>kv", "mqa", "mla", "mla_<r>", "sliding_<w>", "block_sparse", "strided"))
 def attention(cfg, v):
-    """Attention variant: grouped-query with n KV heads, multi-query, latent (MLA), sliding window of w, sparse."""
+    """Attention variant: grouped-query with n KV heads, multi-query, latent (MLA, mla_<r>: latent rank r),
+    sliding window of w, sparse."""
     m = cfg.model_args
     if v == "mha":
         return {"model_args.attention": "mha", "model_args.n_kv_head": None}
@@ -81,6 +82,9 @@ def attention(cfg, v):
         return {"model_args.attention": "gqa", "model_args.n_kv_head": n}
     if v == "mla":  # MLA shares K/V through its latent, not through KV heads
         return {"model_args.attention": "mla", "model_args.n_kv_head": None}
+    if v.startswith("mla_"):
+        return {"model_args.attention": "mla", "model_args.n_kv_head": None,
+                "model_args.mla.kv_rank": integer(v[len("mla_"):])}
     if v.startswith("sliding_"):
         w = integer(v[len("sliding_"):])
         if w >= m.block_size:

@@ -1,0 +1,265 @@
+"""Architecture surgery (foundry/surgery): each weight transfer is exact where it should be, and refuses
+what it cannot do with the reason. Tiny Llama-style models (3 layers, 32 wide) so the file runs in seconds."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from foundry.config import from_dict
+from foundry.model import GPT
+from foundry.modules.position import rope_cos_sin
+from foundry.surgery import SurgeryError, operate, surgery_cost
+from foundry.surgery.cost import kv_bytes_per_token
+from foundry.surgery.transforms import block_influence, residual_stream, split_qkv
+
+V, T = 64, 24
+
+
+def experiment(**model_args):
+    args = dict(n_layer=3, n_head=4, n_kv_head=2, n_embd=32, block_size=32, vocab_size=V, rope={"theta": 500.0})
+    args.update(model_args)
+    return from_dict({"base_model": "v2", "model_args": args})
+
+
+def parent_of(cfg, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(cfg.model_args).eval()
+    with torch.no_grad():  # trained-looking weights: larger than the init, so attention is not uniform
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def tokens(n: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, V, (n, T + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x[:, :-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# GQA / MQA by mean pooling
+# --------------------------------------------------------------------------------------------------
+def equalise_kv_groups(model: GPT, groups: int) -> None:
+    """Make the K/V heads within each of `groups` groups equal (so pooling them loses nothing)."""
+    m = model.cfg
+    with torch.no_grad():
+        for b in model.blocks:
+            q, k, v = split_qkv(b.attn.qkv.weight, m.n_head, m.kv_heads, m.head_dim)
+            for t in (k, v):
+                g = t.unflatten(0, (groups, -1))
+                g[:] = g[:, :1].clone()
+
+
+@pytest.mark.parametrize("variant, groups", [("mqa", 1), ("gqa_1kv", 1)])
+def test_gqa_pooling_of_equal_kv_heads_reproduces_the_parent(variant, groups):
+    cfg = experiment()
+    parent = parent_of(cfg)
+    equalise_kv_groups(parent, groups)
+    s = operate(parent, cfg, "attention", variant)
+    assert s.config.model_args.kv_heads == 1 and s.model.blocks[0].attn.n_kv_head == 1
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-5, rtol=0)
+    assert s.config.lineage["surgery"]["mutation"] == f"attention {variant}"
+
+
+def test_gqa_pooling_of_different_heads_is_their_mean_and_costs_kl():
+    cfg = experiment(n_kv_head=4)
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "gqa_2kv")
+    m = parent.cfg
+    _, k, v = split_qkv(parent.blocks[1].attn.qkv.weight, m.n_head, 4, m.head_dim)
+    _, k2, v2 = split_qkv(s.model.blocks[1].attn.qkv.weight, m.n_head, 2, m.head_dim)
+    torch.testing.assert_close(k2[1], (k[2] + k[3]) / 2)
+    torch.testing.assert_close(v2[0], (v[0] + v[1]) / 2)
+    cost = surgery_cost(parent, s.model, tokens())
+    assert cost["kl"] > 1e-3 and not s.exact
+    assert cost["kv_bytes_child"] * 2 == cost["kv_bytes_parent"]
+
+
+def test_gqa_to_mha_repeats_heads_exactly():
+    cfg = experiment()
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "mha")
+    x = tokens()
+    assert s.exact and s.model.blocks[0].attn.n_kv_head == 4
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-5, rtol=0)
+
+
+def test_gqa_pooling_refuses_groups_that_do_not_divide():
+    cfg = experiment(n_head=6, n_embd=48, n_kv_head=3)
+    with pytest.raises(SurgeryError, match="cannot be grouped into 2"):
+        operate(parent_of(cfg), cfg, "attention", "gqa_2kv")
+
+
+# --------------------------------------------------------------------------------------------------
+# MLA by MHA2MLA
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bias", [False, True])
+def test_full_rank_svd_without_rope_reproduces_the_parent(bias):
+    """No rotary channels: every K/V channel goes through the latent, and at full rank the SVD factors
+    multiply back to the parent's projections (biases moved to kv_up)."""
+    cfg = experiment(position="nope", bias=bias)
+    parent = parent_of(cfg)
+    full = 2 * 2 * 8  # n_kv_head * 2 * head_dim
+    s = operate(parent, cfg, "attention", "mla", overrides={"model_args.mla.kv_rank": full})
+    assert s.exact and s.details["svd_rel_error_max"] < 1e-5
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-4, rtol=0)
+
+
+def partial_rope_attention(attn, x, keep: int, theta: float):
+    """The parent's attention with RoPE kept only on the keep/2 highest-frequency pairs (MHA2MLA's S_high),
+    written out from the paper: q, k from the parent's weights; pair i = channels (i, i + hs/2) rotated at
+    theta^(-2i/hs) for i < keep/2; every other channel unrotated; causal softmax; output projection."""
+    B, L, _ = x.shape
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_dim
+    q, k, v = attn.project_qkv(x)                                    # (B, h, L, hs)
+    pos = torch.arange(L, dtype=torch.float32)
+    inv = theta ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    ang = pos[:, None] * inv[None, :]
+
+    def rot(t):
+        t = t.clone()
+        for i in range(keep // 2):
+            a, b = t[..., i].clone(), t[..., i + hs // 2].clone()
+            c, s = ang[:, i].cos(), ang[:, i].sin()
+            t[..., i], t[..., i + hs // 2] = a * c - b * s, b * c + a * s
+        return t
+
+    q, k = rot(q), rot(k)
+    k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
+    att = (q @ k.transpose(-1, -2)) / math.sqrt(hs)
+    att = att.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+    return attn.proj((att @ v).transpose(1, 2).reshape(B, L, nh * hs))
+
+
+def test_full_rank_svd_with_partial_rope_reproduces_the_parents_attention():
+    """At full rank the converted attention is the parent's attention with RoPE kept on the highest-frequency
+    channels only (the partial-RoPE step of MHA2MLA), checked against that formula written out by hand."""
+    cfg = experiment()
+    parent = parent_of(cfg)
+    keep = 4
+    s = operate(parent, cfg, "attention", "mla", overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - keep),
+                                                            "model_args.mla.rope_head_dim": keep})
+    assert s.config.model_args.mla.rope_heads == 2 and not s.config.model_args.mla.latent_norm
+    x = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        child_attn = s.model.blocks[1].attn(x, s.model.pos, torch.arange(12))
+        ref = partial_rope_attention(parent.blocks[1].attn, x, keep, 500.0)
+    torch.testing.assert_close(child_attn, ref, atol=1e-4, rtol=1e-4)  # fp32 SVD round-off; a wrong channel is O(1)
+
+
+def test_mla_truncation_costs_more_the_lower_the_rank_and_saves_cache():
+    cfg = experiment()
+    parent = parent_of(cfg)
+    x = tokens()
+    kl, err = [], []
+    for r in (16, 6):  # full rank is 2 * (2 * 8 - 4) = 24
+        s = operate(parent, cfg, "attention", f"mla_{r}", overrides={"model_args.mla.rope_head_dim": 4})
+        cost = surgery_cost(parent, s.model, x)
+        kl.append(cost["kl"]), err.append(s.details["svd_rel_error_mean"])
+        assert cost["kv_bytes_child"] == 3 * (r + 2 * 4) * 4  # layers x (latent + 2 rope keys) x fp32
+    assert 0 < err[0] < err[1] and kl[0] < kl[1]
+
+
+def test_converted_mla_decodes_from_its_latent_cache_like_the_full_forward():
+    cfg = experiment()
+    s = operate(parent_of(cfg), cfg, "attention", "mla_12", overrides={"model_args.mla.rope_head_dim": 4})
+    prompt = tokens(1)[0, :6].tolist()
+    assert s.model.generate([prompt], 8, temperature=0) == s.model.generate([prompt], 8, temperature=0,
+                                                                             use_cache=False)
+
+
+def test_mla_refuses_a_rank_above_the_projections():
+    cfg = experiment(position="nope")
+    with pytest.raises(SurgeryError, match="exceeds the rank"):
+        operate(parent_of(cfg), cfg, "attention", "mla_64")
+
+
+# --------------------------------------------------------------------------------------------------
+# depth
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["bi", "angular"])
+def test_removing_a_block_with_zero_residual_contribution_changes_nothing(method):
+    cfg = experiment(n_layer=4)
+    parent = parent_of(cfg)
+    with torch.no_grad():  # block 2 writes nothing into the residual stream
+        parent.blocks[2].attn.proj.weight.zero_()
+        parent.blocks[2].mlp.proj.weight.zero_()
+    calib = tokens(3, seed=5)
+    assert block_influence(residual_stream(parent, calib[:, :-1]))[2] == pytest.approx(0, abs=1e-6)
+    s = operate(parent, cfg, "depth", "-1", calib=calib[:, :-1], depth_method=method)
+    assert s.details["dropped"] == [2] and s.config.model_args.n_layer == 3
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-5, rtol=0)
+
+
+def test_depth_drops_the_least_influential_blocks_and_needs_calibration():
+    cfg = experiment(n_layer=4)
+    parent = parent_of(cfg)
+    with pytest.raises(SurgeryError, match="calibration"):
+        operate(parent, cfg, "depth", "-2")
+    calib = tokens(3, seed=5)[:, :-1]
+    s = operate(parent, cfg, "depth", "-2", calib=calib)
+    bi = s.details["scores"]
+    assert s.details["dropped"] == sorted(sorted(range(4), key=bi.__getitem__)[:2])
+    kept = [i for i in range(4) if i not in s.details["dropped"]]
+    torch.testing.assert_close(s.model.blocks[1].attn.qkv.weight, parent.blocks[kept[1]].attn.qkv.weight)
+
+
+# --------------------------------------------------------------------------------------------------
+# mlp_ratio
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mlp", ["swiglu", "gelu"])
+def test_mlp_pruning_that_keeps_every_live_unit_is_exact(mlp):
+    """Units whose pre-activations are zero contribute nothing; pruning to the live ones keeps them all,
+    in order, and the output is unchanged."""
+    cfg = experiment(mlp=mlp, mlp_ratio=2.0, mlp_multiple_of=1)   # hidden 64
+    parent = parent_of(cfg)
+    dead = torch.arange(0, 64, 2)                                 # every other unit
+    with torch.no_grad():
+        for b in parent.blocks:
+            b.mlp.fc.weight[dead] = 0
+            if mlp == "swiglu":
+                b.mlp.fc.weight[64 + dead] = 0
+    s = operate(parent, cfg, "mlp_ratio", "1.0", calib=tokens(2, seed=7)[:, :-1])
+    assert s.config.model_args.mlp_hidden == 32
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-5, rtol=0)
+
+
+def test_mlp_widening_adds_units_that_write_nothing():
+    cfg = experiment()
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "mlp_ratio", "x2")
+    assert s.exact and s.config.model_args.mlp_hidden > parent.cfg.mlp_hidden
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mutations without a transfer; cost figures
+# --------------------------------------------------------------------------------------------------
+def test_a_mutation_without_a_transfer_is_refused_unless_config_only():
+    cfg = experiment()
+    parent = parent_of(cfg)
+    with pytest.raises(SurgeryError, match="--config-only"):
+        operate(parent, cfg, "activation", "geglu")
+    s = operate(parent, cfg, "activation", "geglu", config_only=True)
+    assert s.config.model_args.mlp == "geglu" and not s.exact and "config-only" in s.method
+
+
+def test_cost_of_an_identical_child_is_zero_and_decode_speed_is_measured():
+    cfg = experiment()
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "mha")
+    cost = surgery_cost(parent, s.model, tokens(), decode_prompt=[1, 2, 3], decode_tokens=4, decode_rounds=1)
+    assert cost["kl"] == pytest.approx(0, abs=1e-6) and cost["ppl_ratio"] == pytest.approx(1, abs=1e-5)
+    assert cost["kv_bytes_child"] == 2 * kv_bytes_per_token(parent) and cost["decode_tps_child"] > 0
+    assert cost["params_child"] > cost["params_parent"]
