@@ -1,0 +1,292 @@
+"""Promotion-rule simulation for BENCHMARKS.md (## Promotion): false-promotion rate and power (numpy, seconds).
+
+    python bench/bench_promotion.py [--sims 10000] [--out bench_promotion.json]
+
+Synthetic sweeps of the baseline and K mutants. The validation bits per byte of candidate j on seed s is
+    y[j, s] = -gain_j + u_s + e[j, s],   u_s ~ N(0, 1) shared by every candidate on seed s (init, data order),
+                                         e ~ N(0, 0.3^2) run noise,
+so pairing by seed cancels u and the paired difference has SD 0.3 * sqrt(2) = 0.42 while a rerun with another
+seed differs by sqrt(1 + 0.09) = 1.04 (the default margin). Halving: a rung at a third of the budget sees
+y_rung = y + N(0, 0.5^2) extra noise, and keeps ceil(K / 3) mutants. Each setting runs --sims sweeps; every
+rule is vectorised here and checked, sweep by sweep, against foundry.sweep.decision on the first 200 (fixed design).
+
+Rules: `old` (the previous rule: best of K by mean, one paired t-test on the same seeds, p < alpha); `new`
+(select on S screening seeds, confirm the winner on S fresh seeds against the margin); `new-adaptive` (screening
+from 2 seeds with early stops, confirmation looks 3..S with O'Brien-Fleming spending). Nulls: `zero` (every
+gain 0, default margin), `at-margin` (--min-effect 0.5 and every gain exactly 0.5: the least favourable null),
+`zero-m0` (--min-effect 0, every gain 0). Power: one mutant with the gain the report calls detectable
+(its 80%- and 90%-power sizes from foundry.sweep.decision.noise_floor, median over the null sweeps) and K-1 nulls.
+A capability metric (100 right/wrong items per seed, item difficulty and seed effects) is simulated the same way
+with the seed x item crossed test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from foundry.sweep import decision as D  # noqa: E402
+from foundry.sweep.stats import crossed_test, detectable_gain, sequential_bounds  # noqa: E402
+
+SD_SEED, SD_RUN, SD_RUNG, ALPHA = 1.0, 0.3, 0.5, 0.05
+
+
+# --------------------------------------------------------------------------------------------------
+# Vectorised paired statistics over the last axis (seeds), with a per-row seed count n
+# --------------------------------------------------------------------------------------------------
+def _stats(g: np.ndarray, n: np.ndarray | int):
+    """mean, sd, t-vs-0 of g[..., :n] (n broadcast over the leading axes)."""
+    S = g.shape[-1]
+    mask = np.arange(S) < np.asarray(n)[..., None]
+    n = mask.sum(-1)
+    mean = (g * mask).sum(-1) / n
+    var = (((g - mean[..., None]) * mask) ** 2).sum(-1) / np.maximum(n - 1, 1)
+    return mean, np.sqrt(var), n
+
+
+def _screen_data(rng, N, K, S, gains, halving):
+    """Screening values: gains_hat[N, K, S] (paired per-seed gains) and which mutants survive halving."""
+    u = rng.normal(0, SD_SEED, (N, 1, S))
+    y = -np.concatenate([[0.0], gains])[None, :, None] + u + rng.normal(0, SD_RUN, (N, K + 1, S))
+    g = y[:, :1] - y[:, 1:]                          # (N, K, S): positive = mutant better
+    alive = np.ones((N, K), dtype=bool)
+    if halving and K > 1:
+        rung = g + rng.normal(0, SD_RUNG, g.shape) * math.sqrt(2)
+        keep = math.ceil(K / 3)
+        rank = np.argsort(-rung.mean(-1), axis=1)
+        alive = np.zeros((N, K), dtype=bool)
+        np.put_along_axis(alive, rank[:, :keep], True, axis=1)
+    return g, y, alive
+
+
+def _confirm_data(rng, N, S, gain_win):
+    """Fresh-seed paired gains of the selected winner: (N, S)."""
+    u = rng.normal(0, SD_SEED, (N, S))
+    base = u + rng.normal(0, SD_RUN, (N, S))
+    cand = u - gain_win[:, None] + rng.normal(0, SD_RUN, (N, S))
+    return base - cand
+
+
+def rule_old(rng, N, K, S, gains, halving):
+    g, _, alive = _screen_data(rng, N, K, S, gains, halving)
+    mean, sd, n = _stats(g, S)
+    mean = np.where(alive, mean, -np.inf)
+    w = mean.argmax(1)
+    m, s = mean[np.arange(N), w], sd[np.arange(N), w]
+    t = m / (s / math.sqrt(S))
+    return (stats.t.sf(t, S - 1) < ALPHA) & (m > 0), None
+
+
+def _margin(y, n, min_effect):
+    """(margin, df) per sweep: --min-effect, or the SD pooled over every candidate's first n[:, j] seeds
+    (decision.margin_for)."""
+    if min_effect is not None:
+        return np.full(y.shape[0], float(min_effect)), np.zeros(y.shape[0], int)
+    mask = np.arange(y.shape[-1]) < n[..., None]
+    mean = (y * mask).sum(-1) / np.maximum(n, 1)
+    ss = (((y - mean[..., None]) * mask) ** 2).sum((1, 2))
+    df = np.maximum(n - 1, 0).sum(1)
+    return np.sqrt(ss / np.maximum(df, 1)), df
+
+
+def _adaptive_screen(g, alive, S, margin):
+    """Per mutant the screening seeds it ran, following decision.screen_open one seed at a time."""
+    N, K, _ = g.shape
+    n = np.where(alive, D.MIN_SCREEN, 0)
+    for _ in range(S - D.MIN_SCREEN):
+        mean, sd, _ = _stats(g, np.maximum(n, 1))
+        half = stats.t.ppf(0.9, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1))
+        lo, hi = np.where(alive, mean - half, -np.inf), np.where(alive, mean + half, -np.inf)
+        lead = np.where(alive, mean, -np.inf).argmax(1)
+        lead_lo = lo[np.arange(N), lead]
+        others_hi = np.where(np.arange(K)[None] == lead[:, None], -np.inf, hi).max(1)
+        decided = (lead_lo > others_hi) & (lead_lo > margin)
+        is_lead = np.arange(K)[None] == lead[:, None]
+        opn = alive & (n < S) & ~decided[:, None] & (is_lead | ((hi >= margin[:, None]) & (hi >= lead_lo[:, None])))
+        if not opn.any():
+            break
+        n = n + opn
+    return n
+
+
+def rule_new(rng, N, K, S, gains, halving, adaptive=False, min_effect=None):
+    g, y, alive = _screen_data(rng, N, K, S, gains, halving)
+    rule = D.Rule(alpha=ALPHA, min_effect=min_effect, screen_seeds=S, confirm_seeds=S, adaptive=adaptive)
+    n_base = np.full(N, D.MIN_SCREEN if adaptive else S)
+    if adaptive:
+        # screening decisions use the margin the baseline's first seeds give (the runner does the same)
+        first = np.where(np.concatenate([np.ones((N, 1), bool), alive], 1), D.MIN_SCREEN, 0)
+        n = _adaptive_screen(g, alive, S, _margin(y, first, min_effect)[0])
+        n_base = n.max(1)
+    else:
+        n = np.where(alive, S, 0)
+    margin, margin_df = _margin(y, np.concatenate([n_base[:, None], n], 1), min_effect)
+    mean, sd, _ = _stats(g, np.maximum(n, 1))
+    mean = np.where(alive, mean, -np.inf)
+    w = mean.argmax(1)
+    go = mean[np.arange(N), w] > margin
+    d = _confirm_data(rng, N, S, gains[w])
+    looks, bounds = rule.looks(), rule.bounds()
+    promoted, stopped, used = np.zeros(N, bool), np.zeros(N, bool), np.zeros(N)
+    for k, (nk, c) in enumerate(zip(looks, bounds)):
+        m, s, _ = _stats(d, nk)
+        t = (m - margin) / (s / math.sqrt(nk))
+        live = go & ~stopped
+        used = np.where(live, nk, used)
+        hit = live & (t > c)
+        promoted |= hit
+        stopped |= hit | (live & (m <= margin) & (k < len(looks) - 1))
+    pooled = np.sqrt((((g - mean_fill(g, n)[..., None]) ** 2) * (np.arange(S) < n[..., None])).sum((1, 2))
+                     / np.maximum((np.maximum(n - 1, 0)).sum(1), 1))
+    runs = n.sum(1) + n_base + 2 * used
+    det = [[detectable_gain(float(pooled[i]), S, float(margin[i]), bounds[-1], pw, int(margin_df[i]))
+            for i in range(min(N, 100))] for pw in (0.8, 0.9)]
+    return promoted, {"runs": runs, "margin": margin, "paired_sd": pooled, "g": g, "n": n, "d": d, "w": w,
+                      "y": y, "detectable": [float(np.nanmedian(x)) for x in det]}
+
+
+def mean_fill(g, n):
+    m, _, _ = _stats(g, np.maximum(n, 1))
+    return m
+
+
+def check_against_decision(info, S, adaptive, min_effect, promoted, count=200):
+    """Sweep by sweep, the vectorised rule must agree with foundry.sweep.decision (fixed design)."""
+    if adaptive:
+        return 0
+    rule = D.Rule(alpha=ALPHA, min_effect=min_effect, screen_seeds=S, confirm_seeds=S)
+    bad = 0
+    for i in range(min(count, len(promoted))):
+        base = {s: float(info["y"][i, 0, s]) for s in range(S)}
+        muts = {f"m{j}": {s: float(info["y"][i, j + 1, s]) for s in range(int(info["n"][i, j]))}
+                for j in range(info["g"].shape[1]) if info["n"][i, j] > 0}
+        tests = D.screen(base, muts, higher_is_better=False)
+        win = D.select(tests)
+        margin, _, _ = D.margin_for(rule, [base, *muts.values()])
+        verdict = "none"
+        if tests[win]["mean"] > margin:
+            verdict, _ = D.confirm_step(rule, margin, info["d"][i].tolist(), 0)
+        bad += (verdict == "promote") != bool(promoted[i])
+    return bad
+
+
+# --------------------------------------------------------------------------------------------------
+# Capability: right/wrong items
+# --------------------------------------------------------------------------------------------------
+def capability_sweeps(rng, N, K, S, gains, items=100):
+    """Per-item scores (N, K+1, 2S, items) for screening + confirmation seeds; gains in probability units
+    are applied on the logit scale around 50% accuracy (gain 0.05 ~ +5 points)."""
+    b = rng.normal(0, 1.5, (N, 1, 1, items))                  # item difficulty: shared by every candidate
+    u = rng.normal(0, 0.3, (N, 1, 2 * S, 1))                  # seed effect on every item
+    v = rng.normal(0, 0.1, (N, K + 1, 2 * S, 1))              # run noise
+    shift = np.concatenate([[0.0], gains])[None, :, None, None] * 4   # d p / d logit = 1/4 at p = 0.5
+    p = 1 / (1 + np.exp(-(b + u + v + shift)))
+    return (rng.random(p.shape) < p).astype(np.float32)
+
+
+def capability_rule(rng, N, K, S, gains):
+    y = capability_sweeps(rng, N, K, S, gains)
+    scr = y[:, :, :S].mean(-1)                                # (N, K+1, S) per-seed scores
+    g = scr[:, 1:] - scr[:, :1]
+    margin = np.sqrt(scr.var(-1, ddof=1).mean(1))           # pooled over the candidates (equal seeds)
+    w = g.mean(-1).argmax(1)
+    go = g.mean(-1)[np.arange(N), w] > margin
+    Dsi = y[np.arange(N), w + 1, S:] - y[:, 0, S:]            # (N, S, items) fresh-seed per-item gains
+    promoted = np.zeros(N, bool)
+    for i in np.nonzero(go)[0]:
+        t = crossed_test(Dsi[i], float(margin[i]), ALPHA)
+        promoted[i] = t["t"] > t["t_crit"]
+    return promoted, margin
+
+
+# --------------------------------------------------------------------------------------------------
+def binom_ok(rate, n):
+    return bool(rate <= ALPHA + 2 * math.sqrt(ALPHA * (1 - ALPHA) / n))
+
+
+def run(sims: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for K in (1, 3, 6, 10):
+        for S in (2, 3, 4, 5):
+            for halving in (False, True):
+                if halving and K == 1:
+                    continue
+                rows += _setting(rng, sims, K, S, halving)
+    cap = []
+    for K in (1, 6):
+        for S in (3, 5):
+            p0, m = capability_rule(rng, sims, K, S, np.zeros(K))
+            cap.append({"K": K, "seeds": S, "null": "zero", "false_promotion": float(p0.mean()),
+                        "ok": binom_ok(p0.mean(), sims), "mean_margin": float(m.mean())})
+            planted = np.zeros(K)
+            planted[0] = 0.2
+            p1, _ = capability_rule(rng, sims // 5, K, S, planted)
+            cap[-1]["power_at_0.2"] = float(p1.mean())
+    return {"settings": rows, "capability": cap}
+
+
+def _setting(rng, N, K, S, halving) -> list[dict]:
+    out = []
+    zero = np.zeros(K)
+    old, _ = rule_old(rng, N, K, S, zero, halving)
+    for adaptive in (False, True):
+        if adaptive and S < 3:
+            continue
+        row = {"K": K, "seeds": S, "halving": halving, "rule": "new-adaptive" if adaptive else "new",
+               "sims": N, "old_rule_false_promotion": float(old.mean())}
+        for null, me, gain in (("zero", None, 0.0), ("at-margin", 0.5, 0.5), ("zero-m0", 0.0, 0.0)):
+            p, info = rule_new(rng, N, K, S, np.full(K, gain), halving, adaptive, me)
+            row[f"fp_{null}"] = float(p.mean())
+            row[f"ok_{null}"] = binom_ok(p.mean(), N)
+            if null == "zero":
+                row["mismatch_vs_decision"] = check_against_decision(info, S, adaptive, me, p)
+                row["detectable_80"], row["detectable_90"] = info["detectable"]
+                row["mean_runs_null"] = float(info["runs"].mean())
+        for tag in ("detectable_80", "detectable_90"):
+            planted = zero.copy()
+            planted[0] = row[tag]
+            p, info = rule_new(rng, N, K, S, planted, halving, adaptive, None)
+            row[f"power_at_{tag}"] = float(p.mean())
+            row[f"mean_runs_{tag}"] = float(info["runs"].mean())
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sims", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench_promotion.json")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    res = run(a.sims, a.seed)
+    res.update(seconds=round(time.perf_counter() - t0, 1), sims=a.sims, alpha=ALPHA, machine=platform.processor()
+               or platform.machine(), date=time.strftime("%Y-%m-%d"))
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(f"{'K':>2} {'S':>1} {'halv':>4} {'rule':<12} {'old fp':>6} {'fp 0':>6} {'fp =m':>6} {'fp m0':>6} "
+          f"{'det80':>6} {'pow80':>6} {'det90':>6} {'pow90':>6} {'runs':>5} mism")
+    for r in res["settings"]:
+        print(f"{r['K']:>2} {r['seeds']:>1} {str(r['halving'])[0]:>4} {r['rule']:<12} "
+              f"{r['old_rule_false_promotion']:6.3f} {r['fp_zero']:6.3f} {r['fp_at-margin']:6.3f} "
+              f"{r['fp_zero-m0']:6.3f} {r['detectable_80']:6.2f} {r['power_at_detectable_80']:6.3f} "
+              f"{r['detectable_90']:6.2f} {r['power_at_detectable_90']:6.3f} {r['mean_runs_null']:5.1f} "
+              f"{r['mismatch_vs_decision']}")
+    for r in res["capability"]:
+        print("capability", r)
+    bad = [r for r in res["settings"] if not (r["ok_zero"] and r["ok_at-margin"] and r["ok_zero-m0"])]
+    bad += [r for r in res["capability"] if not r["ok"]]
+    print(f"{len(bad)} setting(s) above alpha + 2 binomial SE; {res['seconds']} s")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""The promotion rule: select on screening seeds, confirm the winner alone on fresh seeds (torch-free, pure).
+
+    rule = Rule(alpha=0.05, min_effect=None, screen_seeds=3, confirm_seeds=3, adaptive=False)
+    m = margin_for(rule, base_screen_values)                     # the gain that matters
+    tests = screen(base, mutants, higher_is_better)              # each mutant's paired gain with a 95% CI
+    win = select(tests)                                          # the only mutant that will be tested
+    step = confirm_step(rule, m, confirm_gains, look)            # promote | reject | futile | more seeds
+
+Why this design. Picking the best of K mutants on some seeds and testing it on the same seeds inflates the
+false-promotion rate with K (the winner's gain is the maximum of K noisy gains): ~5% at K=1, ~15% at K=6 for a
+nominal 5%. Successive halving selects again at every rung and makes it no better. Here every selection (the
+ranking, halving's rungs, adaptive screening) uses the screening seeds only; the winner and the baseline are then
+trained on confirmation seeds that took no part in any selection, and one one-sided paired t-test on those seeds
+decides. Conditional on whichever mutant was selected, that test has level alpha, so the probability of
+promoting any mutant whose true gain is <= the margin is <= alpha for every K, with or without halving: no
+multiplicity correction is needed because only one hypothesis is ever tested (Bauer & Kieser 1999 call this
+two-stage select-then-confirm design "adaptive seamless" when the stages are pooled; we do not pool, which keeps
+it exact). A Dunnett or Holm correction over all K mutants on shared seeds would also control the error, but
+with 2-5 seeds its critical values grow fast with K and it spends the same seeds on every mutant; the
+confirmation design spends extra compute only on the one candidate that could be promoted.
+
+The margin: the gain must exceed the seed-to-seed standard deviation a rerun with another seed shows (pooled over
+the screening seeds of the baseline and the mutants) unless --min-effect sets it. It is estimated from screening
+data only, so it is fixed before the confirmation data exist.
+
+Adaptive seeds. Screening: every candidate starts on 2 seeds; a mutant whose 80% upper bound on the gain is below
+the margin or below the leader's lower bound stops (it cannot be the winner); the rest get one more seed at a
+time up to the screening count. Screening may stop or select in any way without touching the guarantee, since it
+never decides a promotion. Confirmation: looks at 3, 4, ..., C fresh seeds with O'Brien-Fleming alpha-spending
+boundaries (foundry.sweep.stats.sequential_bounds), and a non-binding futility stop when the gain estimate is not
+above the margin at an interim look; the overall level stays alpha.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from foundry.sweep.stats import (crossed_test, detectable_gain, margin_test, pooled_sd, sequential_bounds,
+                                 tail_of)
+
+MIN_SCREEN = 2     # adaptive screening starts here: the fewest seeds that estimate a spread
+FIRST_LOOK = 3     # adaptive confirmation's first look (at 2 seeds, df = 1, the spending boundary is ~160)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a sweep's promotion is judged by (frozen: part of the sweep's identity)."""
+    alpha: float = 0.05
+    min_effect: float | None = None     # None: the baseline's screening seed-to-seed SD
+    screen_seeds: int = 3
+    confirm_seeds: int = 3
+    adaptive: bool = False
+
+    def looks(self) -> tuple[int, ...]:
+        """Confirmation seed counts at which the test is done."""
+        if not self.adaptive or self.confirm_seeds <= FIRST_LOOK:
+            return (self.confirm_seeds,)
+        return tuple(range(FIRST_LOOK, self.confirm_seeds + 1))
+
+    def bounds(self) -> tuple[float, ...]:
+        return sequential_bounds(self.looks(), self.alpha)
+
+    def text(self, unit: str) -> str:
+        looks = self.looks()
+        seq = (f" at looks of {', '.join(map(str, looks))} fresh seeds with O'Brien-Fleming alpha-spending "
+               f"boundaries t > {', '.join(f'{b:.2f}' for b in self.bounds())} (stopping early for futility when "
+               f"the gain is not above the margin)" if len(looks) > 1 else "")
+        margin = (f"{self.min_effect:g} (--min-effect)" if self.min_effect is not None else
+                  "the seed-to-seed standard deviation on the screening seeds (pooled over the candidates)")
+        return (f"select the mutant with the largest mean paired gain in {unit} over the screening seeds "
+                f"({'2 up to ' if self.adaptive else ''}{self.screen_seeds}); retrain it and the baseline on "
+                f"{self.confirm_seeds} fresh seeds that took no part in any selection; promote it only if a "
+                f"one-sided paired t-test on those seeds rejects 'gain <= margin' at alpha = {self.alpha:g}{seq}; "
+                f"margin = {margin}")
+
+    def correction(self) -> str:
+        return ("none needed: one hypothesis per sweep, tested on data independent of the selection, so the "
+                f"family-wise false-promotion rate over all mutants is <= {self.alpha:g} for any number of them "
+                "and with successive halving" + ("; alpha spent over the confirmation looks (O'Brien-Fleming)"
+                                                 if len(self.looks()) > 1 else ""))
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples: {seed index: value}, paired on the seed indices both sides have
+# --------------------------------------------------------------------------------------------------
+def paired_gains(base: dict[int, float], cand: dict[int, float], higher_is_better: bool) -> list[float]:
+    """Per-seed gains (positive: the candidate is better) on the seed indices both sides finished."""
+    common = sorted(set(base) & set(cand))
+    sign = 1.0 if higher_is_better else -1.0
+    return [sign * (cand[i] - base[i]) for i in common]
+
+
+def margin_for(rule: Rule, screen_samples: list[dict[int, float]]) -> tuple[float, int, str]:
+    """The smallest gain worth promoting, its degrees of freedom (0: set, not estimated) and its source.
+    Default: the unpaired seed-to-seed SD (what a rerun with another seed shows), pooled over the screening
+    seeds of the baseline (first) and every mutant: one baseline's 2-5 seeds alone estimate it so loosely that
+    the margin's own noise would dominate the confirmation test."""
+    if rule.min_effect is not None:
+        return float(rule.min_effect), 0, f"--min-effect {rule.min_effect:g}"
+    sd, df = pooled_sd([list(s.values()) for s in screen_samples])
+    if not df:
+        return math.nan, 0, "no candidate ran on 2 or more screening seeds"
+    return sd, df, (f"the seed-to-seed SD, pooled over the screening seeds of the baseline and the mutants "
+                    f"({sd:.4g}, {df} df)")
+
+
+def screen(base: dict[int, float], mutants: dict[str, dict[int, float]], higher_is_better: bool) -> dict:
+    """Each mutant's paired gain over the screening seeds with a two-sided 95% CI (selection-biased for the
+    winner: that is why the winner is confirmed on fresh seeds)."""
+    return {k: margin_test(paired_gains(base, v, higher_is_better), 0.0) for k, v in mutants.items()}
+
+
+def select(tests: dict[str, dict]) -> str | None:
+    """The mutant with the largest mean screening gain (>= 1 paired seed)."""
+    ok = [k for k, t in tests.items() if t["n"] >= 1 and math.isfinite(t["mean"])]
+    return max(ok, key=lambda k: tests[k]["mean"]) if ok else None
+
+
+def screen_open(tests: dict[str, dict], margin: float, n_max: int) -> list[str]:
+    """Adaptive screening: the mutants that still need seeds. Closed: every screening seed run; clearly worse
+    (80% upper bound below the margin or below the leader's 80% lower bound); or clearly the best (its lower
+    bound above every other's upper bound: the selection is made)."""
+    bounds = {k: _interval(t, 0.8) for k, t in tests.items() if t["n"] >= 2}
+    if not bounds:
+        return [k for k, t in tests.items() if t["n"] < n_max]
+    leader = max(bounds, key=lambda k: tests[k]["mean"])
+    lead_lo = bounds[leader][0]
+    if all(lead_lo > hi for k, (lo, hi) in bounds.items() if k != leader) and lead_lo > margin:
+        return []
+    open_ = []
+    for k, t in tests.items():
+        if t["n"] >= n_max:
+            continue
+        hi = bounds.get(k, (None, math.inf))[1]
+        if k == leader or (hi >= margin and hi >= lead_lo):
+            open_.append(k)
+    return open_
+
+
+def _interval(t: dict, conf: float) -> tuple[float, float]:
+    if not t["se"] > 0:
+        return (t["mean"], t["mean"])
+    half = float(sps.t.ppf(0.5 + conf / 2, t["df"])) * t["se"]
+    return (t["mean"] - half, t["mean"] + half)
+
+
+# --------------------------------------------------------------------------------------------------
+# Confirmation
+# --------------------------------------------------------------------------------------------------
+def confirm_step(rule: Rule, margin: float, gains: list[float] | np.ndarray, look: int) -> tuple[str, dict]:
+    """The test at confirmation look `look` (an index into rule.looks()). `gains`: per-seed gains, or a
+    (seeds, items) array of per-item gains for a capability score. Returns (verdict, test) with verdict
+    'promote' | 'reject' (final look, not significant) | 'futile' (interim stop) | 'more' (add seeds)."""
+    looks, bounds = rule.looks(), rule.bounds()
+    crit = bounds[look]
+    if isinstance(gains, np.ndarray) and gains.ndim == 2:
+        test = crossed_test(gains, margin, rule.alpha)
+        # the boundary as a nominal tail probability, applied at the crossed test's own df
+        test["t_crit"] = float(sps.t.isf(tail_of(crit, looks[look] - 1), test["df"])) if test["df"] else math.inf
+    else:
+        test = margin_test(gains, margin, rule.alpha, crit=crit)
+    test["look"], test["looks"], test["bounds"] = look, list(looks), list(bounds)
+    if test["t"] > test["t_crit"]:
+        return "promote", test
+    if look == len(looks) - 1:
+        return "reject", test
+    if not test["mean"] > margin:
+        return "futile", test
+    return "more", test
+
+
+def noise_floor(screen_tests: dict[str, dict], rule: Rule, margin: float, margin_df: int = 0) -> dict:
+    """The paired seed-to-seed SD (pooled over every mutant's screening gains) and the smallest gain the
+    confirmation could detect with `n` seeds at 80% and 90% power."""
+    sd, df = pooled_sd([t["diffs"] for t in screen_tests.values()])
+    n = rule.confirm_seeds
+    crit = rule.bounds()[-1]
+    return {"paired_sd": sd, "paired_sd_df": df, "confirm_seeds": n,
+            "detectable_80": detectable_gain(sd, n, margin, crit, 0.8, margin_df),
+            "detectable_90": detectable_gain(sd, n, margin, crit, 0.9, margin_df)}
+
+
+def verdict_text(verdict: str, win: str | None, test: dict | None, unit: str, margin: float) -> str:
+    """One sentence for the decision, with its numbers."""
+    if win is None:
+        return "no promotion: no mutant finished its screening seeds"
+    if test is None:
+        return (f"no promotion: the best screened mutant, {win}, does not gain more than the margin "
+                f"{margin:.4g} {unit} on the screening seeds, so it was not confirmed")
+    lo, hi = test["ci"]
+    nums = (f"{test['mean']:+.4f} {unit} over {test['n']} fresh seeds (95% CI {lo:+.4f} .. {hi:+.4f}; "
+            f"t = {test['t']:.2f} vs critical {test['t_crit']:.2f}, df {test['df']:.3g}; margin {margin:.4g}; "
+            f"one-sided p = {test['p']:.3g} against 'gain <= margin')")
+    if verdict == "promote":
+        return f"PROMOTE {win}: confirmed on fresh seeds, gain {nums}"
+    why = "stopped early for futility" if verdict == "futile" else "not beyond the margin"
+    return f"no promotion: {win} won the screening but on confirmation gains {nums}: {why}"
