@@ -405,16 +405,17 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         self.kv_rank, self.theta = m.kv_rank, cfg.rope.theta
         self.rope_heads = m.rope_heads
         C, nh, hs = cfg.n_embd, self.n_head, self.head_dim
+        qkv_bias = cfg.has_bias("qkv")  # the projections that replace qkv carry its bias
         if m.q_rank > 0:  # queries through their own low-rank bottleneck (saves activations, not cache)
-            self.q_down = nn.Linear(C, m.q_rank, bias=cfg.bias)
+            self.q_down = nn.Linear(C, m.q_rank, bias=qkv_bias)
             self.q_norm = RMSNorm(m.q_rank, cfg.norm_eps)
-            self.q_up = nn.Linear(m.q_rank, nh * hs, bias=cfg.bias)
+            self.q_up = nn.Linear(m.q_rank, nh * hs, bias=qkv_bias)
         else:
-            self.wq = nn.Linear(C, nh * hs, bias=cfg.bias)
-        self.kv_down = nn.Linear(C, m.kv_rank + self.rope_heads * self.rope_dim, bias=cfg.bias)  # [latent | rope keys]
+            self.wq = nn.Linear(C, nh * hs, bias=qkv_bias)
+        self.kv_down = nn.Linear(C, m.kv_rank + self.rope_heads * self.rope_dim, bias=qkv_bias)  # [latent | rope keys]
         self.kv_norm = RMSNorm(m.kv_rank, cfg.norm_eps) if m.latent_norm else nn.Identity()
-        self.kv_up = nn.Linear(m.kv_rank, nh * (self.nope_dim + hs), bias=cfg.bias)  # [k_nope | v] per head
-        self.proj = nn.Linear(nh * hs, C, bias=cfg.bias)
+        self.kv_up = nn.Linear(m.kv_rank, nh * (self.nope_dim + hs), bias=qkv_bias)  # [k_nope | v] per head
+        self.proj = nn.Linear(nh * hs, C, bias=cfg.has_bias("attn_proj"))
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.qk_norm = cfg.qk_norm
