@@ -263,3 +263,10 @@ def test_cost_of_an_identical_child_is_zero_and_decode_speed_is_measured():
     assert cost["kl"] == pytest.approx(0, abs=1e-6) and cost["ppl_ratio"] == pytest.approx(1, abs=1e-5)
     assert cost["kv_bytes_child"] == 2 * kv_bytes_per_token(parent) and cost["decode_tps_child"] > 0
     assert cost["params_child"] > cost["params_parent"]
+
+
+def test_mlp_ratio_surgery_overrides_a_checkpoints_explicit_width():
+    """Pretrained configs name their MLP width (mlp_hidden_size); the mutation scales that width."""
+    cfg = experiment(mlp_hidden_size=48, mlp_multiple_of=1)
+    s = operate(parent_of(cfg), cfg, "mlp_ratio", "x0.5", calib=tokens(2, seed=7)[:, :-1])
+    assert s.config.model_args.mlp_hidden == 24 and s.model.blocks[0].mlp.proj.weight.shape == (32, 24)

@@ -136,8 +136,11 @@ def activation(cfg, v):
           examples=lambda c: _scales(c.model_args.mlp_ratio or 4.0))
 def mlp_ratio(cfg, v):
     """MLP hidden width as a multiple of n_embd."""
-    return {"model_args.mlp_ratio": number(v, cfg.model_args.mlp_ratio or (8 / 3 if cfg.model_args.mlp in
-                                                                          GATED_MLPS else 4.0))}
+    m = cfg.model_args
+    current = m.mlp_hidden / m.n_embd if m.mlp_hidden_size is not None else m.mlp_ratio
+    # an explicit width (a pretrained checkpoint's mlp_hidden_size) gives way to the ratio
+    return {"model_args.mlp_ratio": number(v, current or (8 / 3 if m.mlp in GATED_MLPS else 4.0)),
+            "model_args.mlp_hidden_size": None}
 
 
 @mutation("moe", group="architecture", variants=("<n>", "<n>top<k>", "off"), examples=lambda c: ["4", "8top1", "off"])
