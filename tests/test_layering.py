@@ -24,7 +24,7 @@ RULES = [  # (prefix, layer); the longest matching prefix wins
     ("foundry.model", 2), ("foundry.data", 2),
     ("foundry.data.curriculum", 3), ("foundry.data.sampler", 3), ("foundry.data.synthetic", 3), ("foundry.data.__main__", 4),
     ("foundry.train", 3), ("foundry.optim", 3), ("foundry.checkpoint", 3), ("foundry.distributed", 3),
-    ("foundry.loggers", 3), ("foundry.trainer", 3), ("foundry.eval", 3), ("foundry.zoo", 3), ("foundry.lora", 3), ("foundry.finetune", 3),
+    ("foundry.loggers", 3), ("foundry.trainer", 3), ("foundry.eval", 3), ("foundry.zoo", 3), ("foundry.lora", 3),
     ("foundry.mutate", 4), ("foundry.store", 3), ("foundry.sweep", 4), ("foundry.cli", 4),
     ("foundry.generate", 4), ("foundry.chat", 4), ("foundry.surgery", 4),
     ("foundry", 0),  # the package root (__init__) is as light as the config
