@@ -1,18 +1,49 @@
-"""Checkpoints: safetensors weights plus a torch file of optimiser, RNG and data-position state.
+"""Checkpoints: safetensors weights plus a torch file of optimiser, RNG and data-position state, and a
+manifest that lets a reader tell an intact checkpoint from a damaged one.
 
-A checkpoint is a directory written under a temporary name and renamed into place, so a crash or a kill
-never leaves a half-written one:  ckpt_last/ {model.safetensors, state.pt, config.yaml}.
+    ckpt_last/ {model.safetensors, state.pt, config.yaml, manifest.json}
+
+A checkpoint is written inside a temporary directory and renamed into place, so a crash or a kill never
+leaves half of one. `manifest.json` (written last, inside the same directory) holds the iteration and each
+file's size and sha256: damage from outside (a partial copy, a bad disk, an edit) is found by
+`verify_checkpoint` before anything is loaded. The previous `ckpt_last` is kept as `ckpt_last.prev1` (up
+to KEEP_PREVIOUS of them), so damage to the newest checkpoint costs one evaluation interval, not the run.
+
+On resume `resume_checkpoint(run_dir)` picks the newest intact checkpoint among ckpt_last, its earlier
+copies and ckpt_best, names every damaged one (and moves it aside as `NAME.damaged`), or raises
+CheckpointError saying how to start again when none is intact. A full disk (or a file-size limit) while
+writing raises safeio.DiskFullError naming the space needed; the previous checkpoints are untouched.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
+
+from foundry.safeio import DamagedFileError, check_free_space, fmt_bytes, fsync_dir, guard_disk_full, write_file
+
+MANIFEST = "manifest.json"
+FILES = ("model.safetensors", "state.pt", "config.yaml")
+# Earlier ckpt_last directories kept beside it (ckpt_last.prev1 is the newest). One costs a checkpoint's size
+# on disk and saves a run whose newest checkpoint was damaged from all but one evaluation interval.
+KEEP_PREVIOUS = 1
+
+
+class CheckpointError(DamagedFileError):
+    """A checkpoint (or every checkpoint of a run) that cannot be used; the message says which file is wrong
+    and what to do."""
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -33,38 +64,222 @@ def aliased_names(model: nn.Module) -> set[str]:
     return every - {n for n, _ in model.named_parameters()}
 
 
+def previous_dirs(path: Path, keep: int = KEEP_PREVIOUS) -> list[Path]:
+    """ckpt_last.prev1 .. ckpt_last.prevN, newest first."""
+    return [path.with_name(f"{path.name}.prev{k}") for k in range(1, keep + 1)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, config_yaml: str,
-                    weights: dict[str, torch.Tensor] | None = None) -> None:
-    """Write a checkpoint directory atomically. `weights` (a full state dict, e.g. gathered from FSDP shards)
-    replaces model.state_dict(); tied weights are stored once either way."""
+                    weights: dict[str, torch.Tensor] | None = None, keep_previous: int = KEEP_PREVIOUS) -> None:
+    """Write a checkpoint directory atomically, with its manifest; the one it replaces becomes
+    `NAME.prev1` (the oldest beyond `keep_previous` is dropped). `weights` (a full state dict, e.g. gathered
+    from FSDP shards) replaces model.state_dict(); tied weights are stored once either way.
+
+    The files are serialised in memory first, so the exact size is known: a disk without that much room is
+    refused before anything is written, and any write that still fails leaves the previous checkpoints as
+    they were (DiskFullError names the path and the size)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if weights is None:
+        tensors = model_state(model)
+    else:
+        drop = aliased_names(model)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items() if k not in drop}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blobs = {"model.safetensors": save_safetensors_bytes(tensors), "state.pt": buf.getvalue(),
+             "config.yaml": config_yaml.encode("utf-8")}
+    manifest = {"format": 1, "iter": state.get("iter"),
+                "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in blobs.items()}}
+    blobs[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
+    needed = sum(len(b) for b in blobs.values())
+    kept = (f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written")
+    check_free_space(path.parent, needed, kept)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
     try:
-        if weights is None:
-            tensors = model_state(model)
-        else:
-            drop = aliased_names(model)
-            tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items() if k not in drop}
-        save_file(tensors, str(tmp / "model.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
+        with guard_disk_full(path, needed, kept):
+            for name, data in blobs.items():  # the manifest last: its presence means the rest was written
+                write_file(tmp / name, data)
+            fsync_dir(tmp)
+        _swap_in(tmp, path, keep_previous)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _swap_in(tmp: Path, path: Path, keep: int) -> None:
+    """Rename `tmp` to `path`, shifting the current one into the .prevN rotation. At every moment between
+    two renames an intact checkpoint exists under one of the names resume_checkpoint looks at."""
+    prev = previous_dirs(path, keep)
+    if path.exists():
+        if prev:
+            if prev[-1].exists():
+                shutil.rmtree(prev[-1])
+            for older, newer in zip(reversed(prev[1:]), reversed(prev[:-1])):
+                if newer.exists():
+                    os.replace(newer, older)
+            os.replace(path, prev[0])
+        else:
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(path.with_name(path.name + ".old"), ignore_errors=True)
+    fsync_dir(path.parent)
+
+
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy a checkpoint directory (ckpt_last -> ckpt_best) and swap it in atomically; on a full disk the
+    previous `dst` is unchanged."""
+    src, dst = Path(src), Path(dst)
+    needed = sum(f.stat().st_size for f in src.iterdir() if f.is_file())
+    kept = f"{src.name} is saved; the previous {dst.name} is unchanged"
+    check_free_space(dst.parent, needed, kept)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=dst.name + ".tmp"))
+    old = dst.with_name(dst.name + ".old")
+    try:
+        with guard_disk_full(dst, needed, kept):
+            for f in sorted(src.iterdir(), key=lambda f: f.name == MANIFEST):  # the manifest last
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)
+                    with open(tmp / f.name, "rb") as fh:
+                        os.fsync(fh.fileno())
+        shutil.rmtree(old, ignore_errors=True)
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(dst.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Verifying
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class CheckpointInfo:
+    path: Path
+    iter: int | None         # the iteration it was taken at (None when unreadable)
+    problem: str | None      # what is wrong with it; None when intact
+
+    @property
+    def intact(self) -> bool:
+        return self.problem is None
+
+
+def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
+    """Check a checkpoint directory against its manifest (sizes, then sha256 of every file) without
+    loading it. A checkpoint from before manifests is checked by structure: the safetensors header against
+    the file's size, the CRC of every member of state.pt."""
+    path = Path(path)
+    if not path.is_dir():
+        return CheckpointInfo(path, None, "missing")
+    man = path / MANIFEST
+    if not man.is_file():
+        return _inspect_legacy(path)
+    try:
+        m = json.loads(man.read_text())
+        files, it = m["files"], m.get("iter")
+        assert isinstance(files, dict)
+    except (ValueError, KeyError, AssertionError, UnicodeDecodeError):
+        return CheckpointInfo(path, None, f"{MANIFEST} is damaged (not the JSON foundry writes)")
+    for name in FILES:
+        if name not in files:
+            return CheckpointInfo(path, it, f"{MANIFEST} does not list {name}")
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            return CheckpointInfo(path, it, f"{name} is missing")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            return CheckpointInfo(path, it, f"{name} is {fmt_bytes(size)}, its manifest says "
+                                            f"{fmt_bytes(want['bytes'])} (truncated or partly copied)")
+    for name, want in files.items():
+        h = hashlib.sha256()
+        with open(path / name, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        if h.hexdigest() != want["sha256"]:
+            return CheckpointInfo(path, it, f"{name} does not match its checksum in {MANIFEST} "
+                                            f"(its bytes were changed)")
+    return CheckpointInfo(path, it, None)
+
+
+def _inspect_legacy(path: Path) -> CheckpointInfo:
+    for name in FILES:
+        if not (path / name).is_file():
+            return CheckpointInfo(path, None, f"{name} is missing (and there is no {MANIFEST})")
+    st = path / "model.safetensors"
+    size = st.stat().st_size
+    try:
+        with open(st, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end != size:
+            raise ValueError
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        return CheckpointInfo(path, None, "model.safetensors is damaged (its header does not match its size)")
+    try:
+        with zipfile.ZipFile(path / "state.pt") as z:
+            if z.testzip() is not None:
+                raise zipfile.BadZipFile
+        it = load_state(path).get("iter")
+    except (zipfile.BadZipFile, OSError, CheckpointError, EOFError):
+        return CheckpointInfo(path, None, "state.pt is damaged (a member fails its CRC)")
+    return CheckpointInfo(path, it, None)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """What is wrong with the checkpoint at `path`, or None when it is intact."""
+    return inspect_checkpoint(path).problem
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, say=print, move_aside: bool = True) -> Path | None:
+    """The newest intact checkpoint of the run in `run_dir` (None when it has none at all).
+
+    Looked at: ckpt_last, its earlier copies (ckpt_last.prevN, a crash's ckpt_last.old) and ckpt_best;
+    the highest iteration wins, ckpt_last on a tie. Each damaged one is named with what is wrong and moved
+    aside to NAME.damaged (so it is never rotated in as a "previous" checkpoint, and stays for inspection;
+    `move_aside=False` on torchrun ranks other than 0, which only read).
+    When checkpoints exist but none is intact: CheckpointError, with how to start again."""
+    run_dir = Path(run_dir)
+    last = run_dir / "ckpt_last"
+    for stale in run_dir.glob("ckpt_*.tmp*") if move_aside else ():  # a write a kill interrupted: never a checkpoint
+        shutil.rmtree(stale, ignore_errors=True)
+    names = [last, *sorted(run_dir.glob("ckpt_last.prev*")), last.with_name("ckpt_last.old"), run_dir / "ckpt_best"]
+    found = [inspect_checkpoint(p) for p in names if p.is_dir()]
+    if not found:
+        return None
+    intact = [c for c in found if c.intact]
+    damaged = [c for c in found if not c.intact]
+    if not intact:
+        listing = "; ".join(f"{c.path.name}: {c.problem}" for c in damaged)
+        err = CheckpointError(
+            f"{run_dir}: no intact checkpoint to continue from ({listing}). To train this run again from the "
+            f"start, move the run aside (`mv {run_dir} {run_dir}.damaged`) and run the same command again")
+        err.restart_hint = True
+        raise err
+    pick = max(intact, key=lambda c: (c.iter if c.iter is not None else -1, -found.index(c)))
+    for c in damaged:
+        aside = c.path.with_name(c.path.name + ".damaged")
+        if move_aside:
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(c.path, aside)
+        say(f"warning: {c.path}: {c.problem}; moved aside to {aside.name}")
+    if damaged or pick.path != last:
+        say(f"continuing from {pick.path} (iteration {pick.iter}), the newest intact checkpoint")
+    return pick.path
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
 def find_checkpoint(path: str | os.PathLike) -> Path | None:
     """The checkpoint directory at `path` (or the `.old` copy a crash mid-rename left behind)."""
     path = Path(path)
@@ -76,7 +291,13 @@ def find_checkpoint(path: str | os.PathLike) -> Path | None:
 
 def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> None:
     """Load model.safetensors from a checkpoint directory (tied weights restored by the tie itself)."""
-    state = load_file(str(Path(path) / "model.safetensors"))
+    f = Path(path) / "model.safetensors"
+    if not f.is_file():
+        raise CheckpointError(f"{f} is missing; the checkpoint is incomplete")
+    try:
+        state = load_file(str(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged header
+        raise CheckpointError(f"{f}: damaged ({e}); use another checkpoint of the run, or re-train") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {n for n in missing if n == "lm_head.weight" and getattr(model, "cfg", None) is not None
             and model.cfg.tie_embeddings}
@@ -87,7 +308,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike, strict: bool = True)
 
 
 def load_state(path: str | os.PathLike) -> dict:
-    return torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    f = Path(path) / "state.pt"
+    try:
+        return torch.load(f, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f} is missing; the checkpoint is incomplete") from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / UnpicklingError / EOFError for damage
+        raise CheckpointError(f"{f}: damaged ({type(e).__name__}: {e}); use another checkpoint of the run, "
+                              f"or re-train") from None
 
 
 class LoadedRun:
@@ -100,7 +328,9 @@ class LoadedRun:
 def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best") -> LoadedRun:
     """Load a run directory (its ckpt_best, else ckpt_last) or a checkpoint directory, ready for eval.
 
-    The tokenizer is the run's tokenizer.json (written at the start of every run)."""
+    The checkpoint is verified first: a damaged or incomplete one raises CheckpointError naming the file and
+    the run's intact checkpoints, if any. The tokenizer is the run's tokenizer.json (written at the start of
+    every run)."""
     import yaml
 
     from foundry.config import from_dict
@@ -110,19 +340,30 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", which:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run or checkpoint directory")
-    ckpt = None
-    for cand in ([path / f"ckpt_{which}", path / "ckpt_last", path / "ckpt_best", path]):
-        ckpt = find_checkpoint(cand)
-        if ckpt is not None:
-            break
+    cands = [path / f"ckpt_{which}", path / "ckpt_last", path / "ckpt_best", path]
+    # the first that holds any checkpoint file (a damaged one is reported, not skipped), else a crash's .old
+    ckpt = next((c for c in cands if any((c / n).is_file() for n in (*FILES, MANIFEST))), None) \
+        or next((find_checkpoint(c) for c in cands if find_checkpoint(c) is not None), None)
     if ckpt is None:
         raise FileNotFoundError(f"{path}: no checkpoint (model.safetensors + state.pt) in it or in its "
                                 f"ckpt_best/ or ckpt_last/")
+    problem = verify_checkpoint(ckpt)
+    if problem is not None:
+        run_dir = ckpt.parent if ckpt != path or ckpt.name.startswith("ckpt_") else path
+        others = [c.path for c in (inspect_checkpoint(d) for d in sorted(run_dir.glob("ckpt_*"))
+                                   if d != ckpt and d.is_dir() and ".tmp" not in d.name) if c.intact]
+        hint = (f"load an intact one instead ({', '.join(str(o) for o in others)})" if others else
+                "re-train the run (the same training command continues from its newest intact checkpoint)")
+        raise CheckpointError(f"{ckpt}: {problem}; {hint}")
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     model = GPT(cfg.model_args)
     load_weights(model, ckpt)
     model.to(device).eval()
     tok_path = next((p for p in (ckpt / "tokenizer.json", ckpt.parent / "tokenizer.json") if p.is_file()), None)
     if tok_path is None:
-        raise FileNotFoundError(f"{ckpt}: no tokenizer.json beside the checkpoint or in its run directory")
+        source = f"{cfg.data.path}/tokenizer.json" if cfg.data.path else "the embedded data set's"
+        raise FileNotFoundError(
+            f"{ckpt.parent / 'tokenizer.json'} is missing (the run's tokenizer, needed to read and write text); "
+            f"re-run the run's training command (it continues the run and writes the tokenizer again), or copy "
+            f"{source} there")
     return LoadedRun(model, load_tokenizer(tok_path), cfg, ckpt)

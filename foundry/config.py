@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from foundry.registry import closest, suggest
+from foundry.safeio import write_text_atomic  # noqa: F401 (re-exported; full disks named there)
 
 
 class ConfigError(ValueError):
@@ -754,20 +754,3 @@ def load_plugins(plugins: list[str]) -> None:
 
 def save_yaml_atomic(cfg: ExperimentConfig, path: str | os.PathLike, header: str = "") -> None:
     write_text_atomic(path, header + cfg.to_yaml())
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same directory and rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

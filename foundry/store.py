@@ -13,7 +13,12 @@ Safe with concurrent jobs: WAL journal (readers never block the writer), a busy 
 locked" errors, and every write one short `BEGIN IMMEDIATE` transaction. Intact after SIGKILL: SQLite commits are
 atomic and the WAL is replayed on the next open, so a killed writer loses at most its uncommitted transaction.
 
-`recorded_run(cfg)` wraps any run (a `with` block) so it is recorded the same way.
+Faults: a store locked by another writer is waited for up to `timeout` seconds (FOUNDRY_STORE_TIMEOUT, default
+60), then StoreLockedError; a file that is not an SQLite database, or one whose tables are another program's,
+is refused (StoreCorruptError) naming the file and how to start a new store. Both are StoreError.
+
+`recorded_run(cfg)` wraps any run (a `with` block) so it is recorded the same way; a store it cannot use never
+stops the run: the run goes on and a line on stderr says it was not recorded.
 `python -m foundry.store [--store PATH] list|show ID|promotions` prints what is recorded.
 """
 from __future__ import annotations
@@ -31,6 +36,12 @@ from typing import Any, Iterator
 
 DEFAULT_STORE = "runs/foundry.sqlite"
 STATUSES = ("running", "done", "failed", "pruned")
+SCHEMA_VERSION = 1           # PRAGMA user_version of a foundry store (0: a store from before it was stamped)
+DEFAULT_TIMEOUT = 60.0       # seconds a write waits for another writer's lock (transactions take milliseconds)
+RECORD_TIMEOUT = 10.0        # the same for recorded_run: a training run does not wait long to be recorded
+_COLUMNS = {"runs": {"id", "sweep", "label", "parent", "mutation", "config", "config_hash", "git_sha", "git_dirty",
+                     "seed", "status", "metrics", "error", "wall_seconds", "artifacts", "created", "updated"},
+            "promotions": {"id", "sweep", "winner", "mutation", "path", "decision", "created"}}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,6 +80,41 @@ def default_store_path() -> Path:
     return Path(os.environ.get("FOUNDRY_STORE", DEFAULT_STORE))
 
 
+class StoreError(RuntimeError):
+    """The experiment store cannot be used; the message names the file and what to do."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+class StoreCorruptError(StoreError):
+    pass
+
+
+def _new_store_hint(path: Path) -> str:
+    return (f"move it aside (`mv {path} {path}.bad`; a new store is created at the next run) or record into "
+            f"another file with --store PATH or FOUNDRY_STORE=PATH")
+
+
+@contextmanager
+def _sqlite_errors(path: Path, timeout: float) -> Iterator[None]:
+    """SQLite's errors as StoreErrors that say which file and what to do."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise StoreLockedError(f"{path}: the experiment store is locked by another process (waited {timeout:g} s "
+                                   f"for it); let that process finish, raise FOUNDRY_STORE_TIMEOUT, or "
+                                   f"record into another file with --store PATH") from None
+        if "no such table" in str(e) or "no such column" in str(e) or "has no column" in str(e):
+            raise StoreCorruptError(f"{path}: not a foundry experiment store ({e}); {_new_store_hint(path)}") from None
+        raise
+    except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+        raise StoreCorruptError(f"{path}: the experiment store is damaged or not an SQLite database ({e}); "
+                                f"{_new_store_hint(path)}") from None
+
+
 def code_version(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
     """(git SHA, dirty flag) of the foundry checkout, or (None, None) outside a git work tree."""
     where = cwd or Path(__file__).resolve().parents[1]
@@ -88,39 +134,71 @@ def code_version(cwd: str | os.PathLike | None = None) -> tuple[str | None, bool
 class Store:
     """A handle on the store at `path` (created on first use). One per process; cheap to open."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = None):
         self.path = Path(path) if path is not None else default_store_path()
+        self.timeout = float(timeout if timeout is not None else os.environ.get("FOUNDRY_STORE_TIMEOUT", DEFAULT_TIMEOUT))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 60000")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise RuntimeError(f"{self.path}: SQLite would not switch to WAL mode (got {mode}); put the store on "
-                               f"a local file system (set --store or FOUNDRY_STORE)")
-        self._db.execute("PRAGMA synchronous = FULL")
-        with self._write() as db:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            with _sqlite_errors(self.path, self.timeout):
+                self._db.row_factory = sqlite3.Row
+                self._db.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                complete = self._check_schema()  # before anything writes to the file
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StoreError(f"{self.path}: SQLite would not switch to WAL mode (got {mode}); put the store "
+                                     f"on a local file system (set --store or FOUNDRY_STORE)")
+                self._db.execute("PRAGMA synchronous = FULL")
+                if complete:
+                    return  # an existing store of this version: opening it takes no write lock
+                with self._write() as db:
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_schema(self) -> bool:
+        """Refuse another program's database (or another version's) before writing anything into it; True
+        when it is a complete store of this version already."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables.discard("sqlite_sequence")
+        ours = set(_COLUMNS)
+        problem = None
+        if version not in (0, SCHEMA_VERSION):
+            problem = f"schema version {version}, this foundry writes {SCHEMA_VERSION}"
+        elif tables and not tables & ours:
+            problem = f"its tables ({', '.join(sorted(tables)[:5])}) are another program's"
+        else:
+            for t in tables & ours:
+                cols = {r[1] for r in self._db.execute(f"PRAGMA table_info({t})")}
+                if not _COLUMNS[t] <= cols:
+                    problem = f"table {t!r} lacks the columns {', '.join(sorted(_COLUMNS[t] - cols)[:5])}"
+                    break
+        if problem:
+            raise StoreCorruptError(f"{self.path}: not a foundry experiment store ({problem}); "
+                                    f"{_new_store_hint(self.path)}")
+        return version == SCHEMA_VERSION and tables >= ours
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; retried when another process holds the lock past the busy timeout."""
-        for attempt in range(5):
+        """One short write transaction. BEGIN IMMEDIATE waits for another writer up to the busy timeout
+        (SQLite's busy handler); past it, StoreLockedError."""
+        with _sqlite_errors(self.path, self.timeout):
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _read(self, q: str, args=()) -> list[sqlite3.Row]:
+        with _sqlite_errors(self.path, self.timeout):
+            return self._db.execute(q, args).fetchall()
 
     def close(self) -> None:
         self._db.close()
@@ -182,8 +260,8 @@ class Store:
 
     # ---- reading ----------------------------------------------------------------------------------
     def get(self, run_id: str) -> dict | None:
-        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _row(row) if row else None
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _row(rows[0]) if rows else None
 
     def runs(self, *, sweep: str | None = None, status: str | None = None) -> list[dict]:
         q, args = "SELECT * FROM runs WHERE 1=1", []
@@ -193,16 +271,16 @@ class Store:
         if status is not None:
             q += " AND status = ?"
             args.append(status)
-        return [_row(r) for r in self._db.execute(q + " ORDER BY created, id", args)]
+        return [_row(r) for r in self._read(q + " ORDER BY created, id", args)]
 
     def promotions(self, sweep: str | None = None) -> list[dict]:
         q, args = "SELECT * FROM promotions", []
         if sweep is not None:
             q, args = q + " WHERE sweep = ?", [sweep]
-        return [{**dict(r), "decision": json.loads(r["decision"])} for r in self._db.execute(q + " ORDER BY id", args)]
+        return [{**dict(r), "decision": json.loads(r["decision"])} for r in self._read(q + " ORDER BY id", args)]
 
     def integrity(self) -> str:
-        return self._db.execute("PRAGMA integrity_check").fetchone()[0]
+        return self._read("PRAGMA integrity_check")[0][0]
 
 
 class _Recording:
@@ -212,28 +290,48 @@ class _Recording:
 
 @contextmanager
 def recorded_run(cfg, store: str | os.PathLike | None = None, *, run_id: str | None = None,
-                 mutation: str | None = None, parent: str | None = None) -> Iterator[_Recording]:
+                 mutation: str | None = None, parent: str | None = None, warn=None) -> Iterator[_Recording]:
     """Record one run of `cfg` (an ExperimentConfig) around a block: `running` on entry, `done` with
     `rec.metrics` on a clean exit, `failed` with the error if the block raises (the error propagates).
+    A store that cannot be used (locked past RECORD_TIMEOUT, damaged, another program's) never stops the
+    block: `warn` (default: a line on stderr) says the run is not recorded and why.
 
         with recorded_run(cfg) as rec:
             rec.metrics = train(cfg)
     """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_id = run_id or f"{cfg.out_dir}@{time.strftime('%Y%m%dT%H%M%S')}"
-    s = Store(store)
     lin = cfg.lineage or {}
-    s.start(run_id, cfg.to_yaml(), cfg.hash(), seed=cfg.training.seed, parent=parent or lin.get("parent"),
-            mutation=mutation or lin.get("mutation"), artifacts={"out_dir": str(cfg.out_dir)})
+    s = None
+    try:
+        s = Store(store, timeout=float(os.environ.get("FOUNDRY_STORE_TIMEOUT", RECORD_TIMEOUT)))
+        s.start(run_id, cfg.to_yaml(), cfg.hash(), seed=cfg.training.seed, parent=parent or lin.get("parent"),
+                mutation=mutation or lin.get("mutation"), artifacts={"out_dir": str(cfg.out_dir)})
+    except StoreError as e:
+        warn(f"note: this run is not recorded in the experiment store: {e}")
+        if s is not None:
+            s.close()
+        s = None
     rec, t0 = _Recording(run_id), time.perf_counter()
+
+    def end(record) -> None:
+        if s is None:
+            return
+        try:
+            record()
+        except StoreError as e:
+            warn(f"note: the end of this run is not recorded in the experiment store: {e}")
+        finally:
+            s.close()
+
     try:
         yield rec
     except BaseException as e:
-        s.fail(run_id, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - t0)
-        s.close()
+        end(lambda: s.fail(run_id, f"{type(e).__name__}: {e}", wall_seconds=time.perf_counter() - t0))
         raise
-    s.finish(run_id, {k: v for k, v in rec.metrics.items() if isinstance(v, (int, float, str, bool, type(None)))},
-             wall_seconds=time.perf_counter() - t0, artifacts=rec.artifacts)
-    s.close()
+    end(lambda: s.finish(run_id, {k: v for k, v in rec.metrics.items()
+                                  if isinstance(v, (int, float, str, bool, type(None)))},
+                         wall_seconds=time.perf_counter() - t0, artifacts=rec.artifacts))
 
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:
@@ -261,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         print(f"error: no store at {path} (runs are recorded there by `python -m foundry.cli.sweep`)", file=sys.stderr)
         return 2
-    store = Store(path)
+    try:
+        store = Store(path)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.cmd == "show":
         run = store.get(args.id)
         if run is None:

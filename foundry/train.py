@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from contextlib import nullcontext
@@ -32,6 +33,8 @@ from pathlib import Path
 # No `import torch` up here: torch takes seconds to import, and a bad experiment must be refused in well under
 # one (tests/test_config.py::test_cli_refuses_bad_config_fast_and_names_the_key). Functions import it.
 from foundry.config import ConfigError, ExperimentConfig, load_experiment
+from foundry.interrupt import EXIT_CODE as INTERRUPTED_EXIT, Interrupted, StopOnSignal
+from foundry.safeio import DamagedFileError, DiskFullError
 from foundry.trainer.rundir import RESUMABLE_CHANGES, MetricsLog, RunDir, read_metrics  # noqa: F401 (re-exported)
 
 
@@ -222,6 +225,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
     # ---- processes, device, precision -----------------------------------------------------------
     device_type = pick_device(tc.device).type
     info = D.init(device_type)
+    stop = StopOnSignal().install()  # SIGTERM: checkpoint after the step in flight, then exit (see the loop)
     try:
         device = pick_device(tc.device, info.local_rank)
         if device.type == "cuda":
@@ -248,7 +252,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         mc = cfg.model_args
         state = TrainState.start(run, say=say)
         if run.ckpt is not None:
-            out.resume(cfg, state.iter)
+            out.resume(cfg, state.iter, data.tokenizer)
             say(f"resumed from {run.ckpt} at iteration {state.iter}")
         else:
             out.start(cfg, data.tokenizer)
@@ -287,6 +291,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                     f"loss or gradient norm became non-finite (nan/inf) at iteration {first_bad + 1} (seen at "
                     f"{it}); stopped without saving, so the last good checkpoint in {out.last} is intact. "
                     f"Lower training.learning_rate, set training.grad_clip, or use training.dtype=float32")
+
+        def stop_requested(synced: bool) -> bool:
+            """A SIGTERM arrived. Under torchrun the ranks agree on it at log and evaluation steps, where
+            they synchronise anyway, so one all-reduce per step is not paid."""
+            if info.world_size == 1:
+                return stop.requested is not None
+            flag = torch.tensor(int(stop.requested is not None), device=device)
+            return synced and bool(D.all_reduce_max(flag, info))
 
         # ---- the loop ---------------------------------------------------------------------------
         model.train()
@@ -345,6 +357,15 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
                                                    if isinstance(v, float)))
                 checkpoint(is_best)
                 t_last = time.perf_counter()  # evaluation and checkpoint time are not training throughput
+            if stop_requested(done % tc.log_interval == 0 or is_eval):
+                check_finite(done, bad_at)
+                if not is_eval:  # an evaluation step has just saved
+                    state.iter = done
+                    checkpoint(is_best=False)
+                log.close()
+                extra_log.close()
+                raise Interrupted(f"stopped by {stop.requested or 'SIGTERM'} at iteration {done}, checkpoint saved "
+                                  f"in {out.last}; run the same command again to continue from there")
 
         # ---- the end: a sample and a summary ------------------------------------------------------
         if not ev:  # resumed a finished run
@@ -380,6 +401,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         D.barrier(info)
         return summary
     finally:
+        stop.restore()
         D.shutdown(info)
 
 
@@ -412,9 +434,16 @@ def main(argv: list[str] | None = None) -> int:
             from foundry.store import recorded_run
             with recorded_run(cfg) as rec:
                 rec.metrics = run()
-    except (ConfigError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
+    except DamagedFileError as e:
+        again = " ".join(shlex.quote(a) for a in ["python", "-m", "foundry.train", *(argv or sys.argv[1:])])
+        print(f"error: {e}" + (f": {again}" if e.restart_hint else ""), file=sys.stderr)
+        return 2
+    except (ConfigError, FileExistsError, FileNotFoundError, FloatingPointError, DiskFullError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"{e}", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 0
 
 

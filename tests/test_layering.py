@@ -19,7 +19,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "foundry"
 
 RULES = [  # (prefix, layer); the longest matching prefix wins
-    ("foundry.registry", 0), ("foundry.config", 0),
+    ("foundry.registry", 0), ("foundry.config", 0), ("foundry.safeio", 0), ("foundry.interrupt", 0),
     ("foundry.modules", 1),
     ("foundry.model", 2), ("foundry.data", 2),
     ("foundry.data.curriculum", 3), ("foundry.data.sampler", 3), ("foundry.data.synthetic", 3), ("foundry.data.__main__", 4),
@@ -30,7 +30,7 @@ RULES = [  # (prefix, layer); the longest matching prefix wins
     ("foundry", 0),  # the package root (__init__) is as light as the config
 ]
 # mutate's config transforms must stay instant: torch-free like the config
-TORCH_FREE = ["foundry.registry", "foundry.config", "foundry.mutate"]
+TORCH_FREE = ["foundry.registry", "foundry.config", "foundry.mutate", "foundry.safeio", "foundry.interrupt"]
 
 
 def layer_of(module: str) -> int | None:

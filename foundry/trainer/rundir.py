@@ -16,47 +16,41 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from foundry.config import ExperimentConfig, from_dict, write_text_atomic
+from foundry.safeio import LineLog, read_jsonl
 
 
 class MetricsLog:
-    """Append-only JSONL, flushed after every line; `sync()` (called at each checkpoint) fsyncs it, so what a
-    checkpoint covers is on disk, and a kill loses at most lines after it, which a resumed run rewrites."""
+    """Append-only JSONL, one whole line per write (a line a full disk cannot take is cut back off, and
+    DiskFullError names the file); `sync()` (called at each checkpoint) fsyncs it, so what a checkpoint
+    covers is on disk, and a kill loses at most lines after it, which a resumed run rewrites."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path, self.enabled = path, enabled
-        self._f = open(path, "a") if enabled else None
+        self._f = LineLog(path) if enabled else None
 
     def write(self, **row) -> None:
         if self._f is not None:
             self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
 
     def sync(self) -> None:
         if self._f is not None:
-            os.fsync(self._f.fileno())
+            self._f.sync()
 
     def close(self) -> None:
         if self._f is not None:
-            self.sync()
             self._f.close()
             self._f = None
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a metrics.jsonl, skipping a torn last line left by a kill."""
-    rows = []
-    p = Path(path)
-    if not p.is_file():
-        return rows
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+def read_metrics(path: str | os.PathLike, warn=None) -> list[dict]:
+    """Rows of a metrics.jsonl. A torn last line left by a kill is dropped; a damaged line before it is
+    skipped and named (file and line) on stderr."""
+    return read_jsonl(path, "Re-running the training command rewrites the lines after its last checkpoint",
+                      warn)
 
 
 def truncate_metrics(path: Path, last_iter: int) -> None:
@@ -95,13 +89,17 @@ class RunDir:
 
     # ---- the previous run, if any ---------------------------------------------------------------
     def previous(self, cfg: ExperimentConfig):
-        """(checkpoint dir, state dict) of a run of the same experiment here, or (None, None).
-        A run of another experiment (beyond RESUMABLE_CHANGES) is refused: FileExistsError."""
+        """(checkpoint dir, state dict) of a run of the same experiment here, or (None, None): the newest
+        intact checkpoint (checkpoint.resume_checkpoint names and sets aside damaged ones, or raises
+        CheckpointError when none is intact). A run of another experiment (beyond RESUMABLE_CHANGES) is
+        refused: FileExistsError."""
         import yaml
 
-        from foundry.checkpoint import find_checkpoint, load_state
+        from foundry.checkpoint import load_state, resume_checkpoint
 
-        ckpt = find_checkpoint(self.last)
+        # damage is reported on stderr even under --quiet: the run continues from an earlier point
+        warn = (lambda m: print(m, file=sys.stderr, flush=True)) if self.main else (lambda m: None)
+        ckpt = resume_checkpoint(self.path, say=warn, move_aside=self.main)
         if ckpt is None:
             return None, None
         stored = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
@@ -123,13 +121,15 @@ class RunDir:
         write_text_atomic(self.path / "config.yaml", cfg.to_yaml())
         tokenizer.save(self.path / "tokenizer.json")  # a run directory is self-contained for eval and sampling
 
-    def resume(self, cfg: ExperimentConfig, at_iter: int) -> None:
+    def resume(self, cfg: ExperimentConfig, at_iter: int, tokenizer=None) -> None:
         """A continued run: metric lines after the checkpoint are rewritten; an extended run records its
-        new max_iters."""
+        new max_iters; a tokenizer.json lost since is written again."""
         if not self.main:
             return
         truncate_metrics(self.path / "metrics.jsonl", at_iter)
         write_text_atomic(self.path / "config.yaml", cfg.to_yaml())
+        if tokenizer is not None and not (self.path / "tokenizer.json").is_file():
+            tokenizer.save(self.path / "tokenizer.json")
 
     def metrics(self) -> MetricsLog:
         return MetricsLog(self.path / "metrics.jsonl", enabled=self.main)
@@ -139,15 +139,11 @@ class RunDir:
         """ckpt_last, atomically; a copy to ckpt_best (also swapped in atomically) when it is the best."""
         if not self.main:
             return
-        from foundry.checkpoint import save_checkpoint
+        from foundry.checkpoint import copy_checkpoint, save_checkpoint
 
-        save_checkpoint(self.last, model, state, config_yaml, weights=weights)
+        save_checkpoint(self.last, model, state, config_yaml, weights=weights)  # earlier ones rotate to .prevN
         if is_best:
-            tmp = self.path / "ckpt_best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(self.last, tmp)
-            shutil.rmtree(self.best, ignore_errors=True)
-            os.replace(tmp, self.best)
+            copy_checkpoint(self.last, self.best)
 
     def write_sample(self, text: str) -> None:
         if self.main:
