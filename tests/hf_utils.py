@@ -1,94 +1,108 @@
-"""Test-only bridges to Hugging Face reference models: build a tiny random HF model and a foundry GPT
-holding the same weights. (The zoo's key maps will live in foundry.zoo; this is the reference side of tests.)"""
+"""Tiny random Hugging Face reference models and their foundry twins, converted by the zoo's own key maps
+(foundry.zoo.load.from_hf_state): the tests hold no second copy of the conversion.
+
+    hf, ours = tiny_pair("llama")                 # transformers model, foundry GPT with the same weights
+    path = save_tiny_checkpoint("qwen2", tmp)      # a local checkpoint directory (config, safetensors, tokenizer)
+"""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
-from foundry.config import from_dict
-from foundry.model import GPT
+VOCAB = 300  # the test tokenizer's byte-level BPE fits in it (256 bytes + specials + a few merges)
+
+# One tiny config per architecture, each with what the zoo must get right about it
+CONFIGS = {
+    # llama3 RoPE scaling with a short original context (so all three frequency bands occur in 12-channel
+    # heads), explicit head_dim != hidden / heads, GQA, an MLP width that is no multiple of anything, tied head
+    "llama": ("LlamaConfig", "LlamaForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=12, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 64},
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)),
+    # a sliding window shorter than the test sequences (24 tokens), untied head
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+        sliding_window=8, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)),
+    # q/k/v bias without an output bias, untied head
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=False, use_sliding_window=False, bos_token_id=1, eos_token_id=2)),
+    # learned positions, Conv1D weights, tanh GELU, tied head
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(
+        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, activation_function="gelu_new", bos_token_id=1, eos_token_id=2)),
+}
 
 
-def gpt2_to_foundry(hf) -> GPT:
-    """Copy an HF GPT2LMHeadModel into a foundry v1 GPT. HF's Conv1D stores weights (in, out): transpose."""
-    c = hf.config
-    cfg = from_dict({"base_model": "v1", "model_args": dict(
-        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.n_positions, vocab_size=c.vocab_size,
-        bias=True, norm_eps=c.layer_norm_epsilon,
-        mlp={"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}[c.activation_function])}).model_args
-    model = GPT(cfg)
-    sd = hf.state_dict()
-    new = {"wte.weight": sd["transformer.wte.weight"], "pos.wpe.weight": sd["transformer.wpe.weight"],
-           "norm_f.weight": sd["transformer.ln_f.weight"], "norm_f.bias": sd["transformer.ln_f.bias"]}
-    for i in range(c.n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            new[b + ours + ".weight"] = sd[h + theirs + ".weight"]
-            new[b + ours + ".bias"] = sd[h + theirs + ".bias"]
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-            new[b + ours + ".weight"] = sd[h + theirs + ".weight"].t()
-            new[b + ours + ".bias"] = sd[h + theirs + ".bias"]
-    new["lm_head.weight"] = new["wte.weight"]
-    model.load_state_dict(new, strict=True)
-    return model.eval()
+def tiny_hf(kind: str, seed: int = 0, **overrides):
+    """A tiny random transformers model of `kind` (a CONFIGS key), fp32, eval mode; norms and biases are
+    randomised too (transformers initialises them to ones and zeros, which would hide a dropped one)."""
+    import transformers
+
+    cfg_cls, model_cls, conf = CONFIGS[kind]
+    torch.manual_seed(seed)
+    hf = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**{**conf, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or ".ln_" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    return hf
 
 
-def llama_to_foundry(hf) -> GPT:
-    """Copy an HF LlamaForCausalLM into a foundry v2 GPT (same rotate-half RoPE layout, so no permutation)."""
-    c = hf.config
-    cfg = from_dict({"base_model": "v2", "model_args": dict(
-        n_layer=c.num_hidden_layers, n_head=c.num_attention_heads, n_kv_head=c.num_key_value_heads,
-        n_embd=c.hidden_size, block_size=c.max_position_embeddings, vocab_size=c.vocab_size,
-        attention="gqa" if c.num_key_value_heads < c.num_attention_heads else "mha",
-        mlp_ratio=c.intermediate_size / c.hidden_size, mlp_multiple_of=1, norm_eps=c.rms_norm_eps,
-        tie_embeddings=bool(c.tie_word_embeddings), rope={"theta": float(_rope_theta(c))})}).model_args
-    assert cfg.mlp_hidden == c.intermediate_size, (cfg.mlp_hidden, c.intermediate_size)
-    model = GPT(cfg)
-    sd = hf.state_dict()
-    new = {"wte.weight": sd["model.embed_tokens.weight"], "norm_f.weight": sd["model.norm.weight"],
-           "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
-    for i in range(c.num_hidden_layers):
-        h, b = f"model.layers.{i}.", f"blocks.{i}."
-        new[b + "norm1.weight"] = sd[h + "input_layernorm.weight"]
-        new[b + "norm2.weight"] = sd[h + "post_attention_layernorm.weight"]
-        new[b + "attn.qkv.weight"] = torch.cat([sd[h + f"self_attn.{p}_proj.weight"] for p in "qkv"], dim=0)
-        new[b + "attn.proj.weight"] = sd[h + "self_attn.o_proj.weight"]
-        new[b + "mlp.fc.weight"] = torch.cat([sd[h + "mlp.gate_proj.weight"], sd[h + "mlp.up_proj.weight"]], dim=0)
-        new[b + "mlp.proj.weight"] = sd[h + "mlp.down_proj.weight"]
-    model.load_state_dict(new, strict=True)
-    return model.eval()
+def to_foundry(hf):
+    """The foundry twin of a transformers model, through the zoo's key map and config translation."""
+    from foundry.zoo.load import from_hf_state
+
+    return from_hf_state({**hf.config.to_dict(), "architectures": [type(hf).__name__]}, hf.state_dict())
 
 
-def _rope_theta(c) -> float:
-    theta = getattr(c, "rope_theta", None)
-    if theta is None:  # newer transformers keep it in rope_parameters
-        params = getattr(c, "rope_parameters", None) or {}
-        theta = params.get("rope_theta", 10000.0)
-    return theta
+def tiny_pair(kind: str, seed: int = 0, **overrides):
+    hf = tiny_hf(kind, seed, **overrides)
+    return hf, to_foundry(hf)
 
 
 def tiny_gpt2_pair(seed: int = 0, **kw):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    conf = dict(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
-                attn_pdrop=0.0, activation_function="gelu_new")
-    conf.update(kw)
-    hf = GPT2LMHeadModel(GPT2Config(**conf)).eval()
-    return hf, gpt2_to_foundry(hf)
+    return tiny_pair("gpt2", seed, **kw)
 
 
 def tiny_llama_pair(seed: int = 0, **kw):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    return tiny_pair("llama", seed, **kw)
 
-    torch.manual_seed(seed)
-    conf = dict(vocab_size=97, hidden_size=32, intermediate_size=88, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=10000.0,
-                tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
-    conf.update(kw)
-    hf = LlamaForCausalLM(LlamaConfig(**conf)).eval()
-    with torch.no_grad():  # HF zero-inits nothing that matters here, but make norms non-trivial too
-        for name, p in hf.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return hf, llama_to_foundry(hf)
+
+def tiny_tokenizer_json() -> str:
+    """A byte-level BPE tokenizer.json (Hugging Face format) of at most VOCAB tokens with <s>, </s>, <pad>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog", "hello world, hello zoo", "to be or not to be"] * 20
+    tok.train_from_iterator(text, trainer)
+    return tok.to_str()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+
+
+def save_tiny_checkpoint(kind: str, out: Path, seed: int = 0, dtype: torch.dtype = torch.float32,
+                         max_shard_size: str | None = None, **overrides) -> Path:
+    """Write a tiny random `kind` model as transformers does (save_pretrained), plus a tokenizer, a chat
+    template and a generation config with two stop ids; returns the directory."""
+    hf = tiny_hf(kind, seed, **overrides).to(dtype)
+    out = Path(out)
+    kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    hf.save_pretrained(out, **kw)
+    (out / "tokenizer.json").write_text(tiny_tokenizer_json())
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": CHAT_TEMPLATE}))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 0]}))
+    return out

@@ -1,17 +1,20 @@
-"""Differential tests: foundry v1 equals HF GPT2LMHeadModel and v2 equals HF LlamaForCausalLM (fp32, atol 1e-5)."""
+"""Differential tests: each architecture the zoo converts equals its Hugging Face reference (fp32, atol 1e-5):
+GPT-2 (v1-style), Llama with llama3 RoPE scaling and a tied head, Mistral with a sliding window shorter than
+the inputs, Qwen2 with q/k/v bias and an untied head. The conversion is the zoo's (tests/hf_utils.py)."""
 import pytest
 import torch
 
 pytest.importorskip("transformers", reason="the parity tests need the `test` extra (transformers)")
-from hf_utils import tiny_gpt2_pair, tiny_llama_pair  # noqa: E402
+from hf_utils import VOCAB, tiny_pair  # noqa: E402
 
 ATOL = 1e-5
-PAIRS = {"gpt2": tiny_gpt2_pair, "llama": tiny_llama_pair,
-         "gpt2-exact-gelu": lambda: tiny_gpt2_pair(activation_function="gelu")}
+PAIRS = {"gpt2": lambda: tiny_pair("gpt2"), "llama": lambda: tiny_pair("llama"),
+         "mistral": lambda: tiny_pair("mistral"), "qwen2": lambda: tiny_pair("qwen2"),
+         "gpt2-exact-gelu": lambda: tiny_pair("gpt2", activation_function="gelu")}
 
 
-def _inputs(vocab=97, B=3, T=17):
-    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(1))
+def _inputs(B=3, T=24):
+    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("name", PAIRS)
@@ -30,8 +33,8 @@ def test_kv_cache_generation_matches_reference(name):
     hf, ours = PAIRS[name]()
     idx = _inputs(B=1, T=5)
     with torch.no_grad():
-        ref = hf.generate(idx, max_new_tokens=8, do_sample=False, pad_token_id=0)[0, 5:].tolist()
-    got = ours.generate(idx, 8, temperature=0)[0]
+        ref = hf.generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0)[0, 5:].tolist()
+    got = ours.generate(idx, 12, temperature=0)[0]
     assert got == ref
 
 
@@ -47,6 +50,8 @@ def test_parity_check_catches_a_perturbed_weight(name, where):
         w = dict(ours.named_parameters())[key]
         if where == "embed":
             w[idx[0, 0], 3] += 1e-2  # a row the inputs actually use
+        elif where == "attn":
+            w[-1, 3] += 1e-2  # a value row: the output moves with it whatever the attention pattern
         else:
             w.view(-1)[3] += 1e-2
     with torch.no_grad():
