@@ -12,6 +12,8 @@ COMMANDS = {
     "sweep": ("foundry.cli.sweep", "the autonomous loop: train mutants, evaluate, promote"),
     "compare": ("foundry.cli.compare", "compare runs side by side"),
     "lr_finder": ("foundry.cli.lr_finder", "learning-rate range test"),
+    "generate": ("foundry.generate", "continue a prompt with a run or a zoo checkpoint, streamed"),
+    "chat": ("foundry.chat", "talk to a run or a zoo checkpoint (its chat template, its stop ids)"),
 }
 
 

@@ -132,6 +132,11 @@ class HFTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_framed(self, text: str) -> list[int]:
+        """Ids framed by the tokenizer.json's post-processor, as Hugging Face's tokenizer(text) gives them (a
+        Llama 3 tokenizer prepends <|begin_of_text|>; GPT-2's and foundry's add nothing): a generation prompt."""
+        return self._tok.encode(text, add_special_tokens=True).ids
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """ids and the (start, end) character span of each token in `text`."""
         e = self._tok.encode(text, add_special_tokens=False)
