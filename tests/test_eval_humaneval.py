@@ -89,3 +89,24 @@ def test_humaneval_task_end_to_end(problems, tmp_path):
     assert s["metric"] == "pass@1" and s["n"] == 3 and s["chance"] == 0.0 and s["score"] == 0.0  # random model
     rows = [json.loads(l) for l in open(s["items_path"])]
     assert len(rows) == 3 and all("completion" in r and "result" in r for r in rows)
+
+
+def test_score_lists_the_walls_and_warns_when_only_the_guard_held(problems, tmp_path, capsys):
+    probs, data = problems
+    t = sorted(probs)[0]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"task_id": t, "completion": probs[t]["canonical_solution"]}) + "\n")
+    assert eval_main(["score", "humaneval", str(samples), "--data-dir", str(data), "--k", "1"]) == 0
+    rows = [json.loads(l) for l in open(tmp_path / "samples.jsonl_results.jsonl")]
+    assert "guard" in rows[0]["walls"]
+    kernel_walls = any(w.startswith("landlock") or w == "mountns" for w in rows[0]["walls"])
+    assert ("only the Python guard" in capsys.readouterr().err) == (not kernel_walls)
+    # a kernel/user with no Landlock and no namespaces: the run says so in one line
+    import foundry.eval.humaneval as he
+    from foundry.eval.sandbox import Limits
+    bare = Limits(landlock=False, mount_namespace=False, network_namespace=False)
+    passk, out = he.score_samples(samples, data_dir=data, ks=(1,), limits=bare, log=print)
+    assert passk == {"pass@1": 1.0}
+    err = capsys.readouterr().out
+    assert err.count("\n") == 1 and "warning: sandbox: 1 of 1 programs ran with only the Python guard" in err
+    assert [json.loads(l)["walls"] for l in open(out)] == [["guard"]]

@@ -111,6 +111,8 @@ def format_summary(s: dict) -> str:
         line += f", {s['n_unencodable']} unencodable scored wrong"
     if s.get("n_truncated"):
         line += f", {s['n_truncated']} truncated to the context"
+    if s.get("sandbox_walls"):
+        line += ", sandbox walls " + " ".join(f"{w}:{n}" for w, n in s["sandbox_walls"].items())
     return line + ")"
 
 

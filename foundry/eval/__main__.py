@@ -75,7 +75,8 @@ def cmd_score(argv: list[str]) -> int:
         return 2
     try:
         passk, out = score_samples(a.samples, data_dir=a.data_dir, ks=ks, limits=Limits(timeout=a.timeout),
-                                   workers=a.workers, out_path=a.out)
+                                   workers=a.workers, out_path=a.out,
+                                   log=lambda s: print(s, file=sys.stderr, flush=True))
     except TaskError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

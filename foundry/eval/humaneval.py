@@ -46,8 +46,26 @@ def check_completions(problems: dict[str, dict], samples: list[dict], limits: Li
     if unknown:
         raise TaskError(f"samples name unknown task ids {unknown[:5]}; are they HumanEval samples?")
     outcomes = run_programs([program(problems[s["task_id"]], s["completion"]) for s in samples], limits, workers)
-    return [{**s, "passed": o.passed, "result": o.status if o.passed or not o.detail else f"{o.status}: {o.detail}"}
-            for s, o in zip(samples, outcomes)]
+    return [{**s, "passed": o.passed, "result": o.status if o.passed or not o.detail else f"{o.status}: {o.detail}",
+             "walls": list(o.walls)} for s, o in zip(samples, outcomes)]
+
+
+def walls_summary(results: list[dict]) -> dict[str, int]:
+    """How many programs ran behind each sandbox wall (netns, pidns, landlock-abiN, mountns, guard)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        for w in r.get("walls", ()):
+            counts[w] = counts.get(w, 0) + 1
+    return counts
+
+
+def walls_warning(results: list[dict]) -> str | None:
+    """One line when some program had no kernel filesystem wall (neither Landlock nor the mount view)."""
+    bare = sum(1 for r in results if not any(w.startswith("landlock") or w == "mountns" for w in r.get("walls", ())))
+    if not bare:
+        return None
+    return (f"warning: sandbox: {bare} of {len(results)} programs ran with only the Python guard around the "
+            f"filesystem (no Landlock, no mount namespace on this kernel/user); see foundry/eval/sandbox.py")
 
 
 def pass_at_ks(results: list[dict], ks=(1, 10, 100)) -> dict[str, float]:
@@ -72,8 +90,9 @@ def read_samples(path: Path) -> list[dict]:
 
 
 def score_samples(samples_path, spec=None, data_dir=None, ks=(1, 10, 100), limits: Limits = Limits(),
-                  workers: int | None = None, out_path=None) -> tuple[dict, Path]:
-    """Judge a samples file; write `<samples>_results.jsonl` (atomically); return (pass@k, results path)."""
+                  workers: int | None = None, out_path=None, log=None) -> tuple[dict, Path]:
+    """Judge a samples file; write `<samples>_results.jsonl` (atomically); return (pass@k, results path).
+    `log` receives the one-line warning when a program ran with only the Python guard."""
     from foundry.eval.spec import get_task
 
     spec = spec or get_task("humaneval")
@@ -81,6 +100,9 @@ def score_samples(samples_path, spec=None, data_dir=None, ks=(1, 10, 100), limit
     samples = read_samples(samples_path)
     problems = load_problems(spec, data_dir)
     results = check_completions(problems, samples, limits, workers)
+    warning = walls_warning(results)
+    if warning and log:
+        log(warning)
     out_path = Path(out_path) if out_path else samples_path.with_name(samples_path.name + "_results.jsonl")
     write_jsonl(out_path, results)
     return pass_at_ks(results, ks), out_path
@@ -125,9 +147,13 @@ class HumanEvalRunner:
         limits = Limits(timeout=float(opts.get("timeout", 3.0)))
         ctx.log(f"{spec.name}: running {len(samples)} programs in the sandbox")
         results = check_completions(problems, samples, limits, opts.get("workers"))
+        warning = walls_warning(results)
+        if warning:
+            ctx.log(warning)
         rows = [{"id": f"{r['task_id']}/{j % n}", **r, "correct": bool(r["passed"]),
                  "unencodable": o is None} for j, (r, o) in enumerate(zip(results, outs))]
         pk = pass_at_ks(results, tuple(opts.get("ks", (1,))))
         score = pk.get(spec.metric, next(iter(pk.values()), 0.0))
         return {"metric": spec.metric, "score": score, "chance": spec.chance, "n": len(chosen), "n_samples": n,
-                **pk, "n_unencodable": sum(r["unencodable"] for r in rows)}, rows
+                **pk, "n_unencodable": sum(r["unencodable"] for r in rows),
+                "sandbox_walls": walls_summary(results)}, rows
