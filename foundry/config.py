@@ -344,6 +344,21 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015) for training.objective `distill`: the loss is
+    (1 - alpha) x cross-entropy + alpha x temperature^2 x KL(teacher || student) of the next-token
+    distributions at `temperature`. `teacher`: a foundry run directory or a zoo name / Hugging Face directory
+    with the student's vocabulary (foundry.surgery heals a mutated model against its parent this way)."""
+    teacher: Optional[str] = None
+    alpha: float = 0.5
+    temperature: float = 1.0
+
+    def check(self, p: str) -> None:
+        _require(0 <= self.alpha <= 1, p + ".alpha", "must be in [0, 1] (the weight of the KL term)")
+        _require(self.temperature > 0, p + ".temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     max_iters: int = 2000
     learning_rate: float = 1e-3
@@ -375,8 +390,9 @@ class TrainingConfig:
     z_loss: float = 0.0                  # PaLM's z-loss coefficient on log(Z)^2; 0 = off
     sample_tokens: int = 200             # length of the generated sample at the end (0 = none)
     sample_prompt: str = "\n"
-    objective: Literal["lm", "sft", "dpo"] = "lm"   # what a batch is and its loss (foundry/trainer/objectives.py)
+    objective: Literal["lm", "sft", "dpo", "distill"] = "lm"   # what a batch is and its loss (trainer/objectives.py)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def check(self, p: str = "training") -> None:
         for name in ("max_iters", "batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters",
@@ -403,6 +419,9 @@ class TrainingConfig:
                  p + ".device", f"must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
         check_component("loss", self.loss, p + ".loss")
         self.dpo.check(p + ".dpo")
+        self.distill.check(p + ".distill")
+        _require(self.objective != "distill" or bool(self.distill.teacher), p + ".distill.teacher",
+                 "objective 'distill' needs a teacher: a run directory or zoo name (training.distill.teacher)")
 
 
 @dataclass(frozen=True)
