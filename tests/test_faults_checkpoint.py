@@ -1,0 +1,91 @@
+"""Fault injection on checkpoints: bytes garbled in each file of ckpt_last, a file missing, a damaged
+manifest, every checkpoint damaged. The damage is named (file and what is wrong), nothing intact is lost,
+and the same command continues from the newest intact checkpoint, bit-identically to an uninterrupted run."""
+import shutil
+
+import pytest
+
+from faults_helpers import RUN, assert_same_run, copy_run, garble, make_reference, run_config
+from foundry.checkpoint import inspect_checkpoint, load_run, load_state
+from foundry.train import main as train_main
+from foundry.train import train
+from train_helpers import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return make_reference(tmp_path_factory.mktemp("faults_ckpt"))
+
+
+DAMAGE = {  # name -> (file in ckpt_last, how)
+    "weights_data_garbled": ("model.safetensors", "end"),       # header intact: would load silently
+    "weights_header_garbled": ("model.safetensors", "start"),
+    "weights_truncated": ("model.safetensors", "truncate"),
+    "state_garbled": ("state.pt", "middle"),
+    "state_missing": ("state.pt", "delete"),
+    "config_garbled": ("config.yaml", "start"),
+    "manifest_garbled": ("manifest.json", "start"),
+}
+
+
+def _damage(f, how):
+    if how == "delete":
+        f.unlink()
+    elif how == "truncate":
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    else:
+        garble(f, how)
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_ckpt_last_is_named_and_the_run_continues_from_the_previous_one(reference, tmp_path, case, capsys):
+    data, ref = reference
+    run = copy_run(ref, tmp_path / "run")
+    assert load_state(run / "ckpt_last")["iter"] == 60 and inspect_checkpoint(run / "ckpt_last.prev1").iter == 40
+    shutil.rmtree(run / "ckpt_best")  # leave ckpt_last.prev1 (iteration 40) as the newest intact one
+    name, how = DAMAGE[case]
+    _damage(run / "ckpt_last" / name, how)
+
+    train(run_config(data, run), quiet=True)  # what re-running the same command does
+
+    err = capsys.readouterr().err
+    assert f"{run / 'ckpt_last'}: {name}" in err, err    # the file, then what is wrong with it
+    assert f"continuing from {run / 'ckpt_last.prev1'} (iteration 40)" in err
+    assert (run / "ckpt_last.damaged" / "config.yaml").exists() or name == "config.yaml"  # kept for inspection
+    assert_same_run(ref, run, after=40)
+    assert inspect_checkpoint(run / "ckpt_last").intact
+
+
+def test_damaged_ckpt_best_is_refused_by_readers_naming_the_intact_one(reference, tmp_path):
+    data, ref = reference
+    run = copy_run(ref, tmp_path / "run")
+    garble(run / "ckpt_best" / "model.safetensors", "end")
+    with pytest.raises(ValueError) as e:
+        load_run(run)  # what eval, generate and the sweep's evaluation call
+    msg = str(e.value)
+    assert f"{run / 'ckpt_best'}: model.safetensors does not match its checksum" in msg
+    assert str(run / "ckpt_last") in msg  # the intact alternative
+    assert load_run(run / "ckpt_last").config.training.max_iters == 60
+
+
+def test_no_intact_checkpoint_stops_with_the_exact_command_and_keeps_everything(reference, tmp_path, capsys):
+    data, ref = reference
+    run = copy_run(ref, tmp_path / "run")
+    for d in ("ckpt_last", "ckpt_last.prev1", "ckpt_best"):
+        garble(run / d / "state.pt", "middle")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("base_model: v1\n")
+    argv = [str(exp), "--quiet", "--no-store", *tiny_overrides(data, run, **RUN)]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{run}: no intact checkpoint" in err
+    for d in ("ckpt_last", "ckpt_last.prev1", "ckpt_best"):
+        assert f"{d}: state.pt does not match its checksum" in err
+    assert f"mv {run} {run}.damaged" in err and "python -m foundry.train " + str(exp) in err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing moved or deleted
+
+    shutil.move(run, f"{run}.damaged")  # what the message says; then the same command trains afresh
+    assert train_main(argv) == 0
+    assert_same_run(ref, run)
