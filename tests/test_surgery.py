@@ -270,3 +270,64 @@ def test_mlp_ratio_surgery_overrides_a_checkpoints_explicit_width():
     cfg = experiment(mlp_hidden_size=48, mlp_multiple_of=1)
     s = operate(parent_of(cfg), cfg, "mlp_ratio", "x0.5", calib=tokens(2, seed=7)[:, :-1])
     assert s.config.model_args.mlp_hidden == 24 and s.model.blocks[0].mlp.proj.weight.shape == (32, 24)
+
+
+def test_the_random_init_control_reinitialises_only_the_changed_layers():
+    from foundry.surgery.transforms import reinit_changed
+
+    cfg = experiment()
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "mqa")
+    pooled = s.model.blocks[0].attn.qkv.weight.clone()
+    c = reinit_changed(s, parent, cfg, seed=3)
+    assert not torch.equal(c.model.blocks[0].attn.qkv.weight, pooled)
+    assert float(c.model.blocks[0].attn.qkv.weight.detach().std()) == pytest.approx(0.02, rel=0.2)
+    torch.testing.assert_close(c.model.blocks[0].mlp.fc.weight, parent.blocks[0].mlp.fc.weight)
+    assert "control" in c.config.lineage["surgery"]["method"]
+    d = reinit_changed(operate(parent, cfg, "depth", "-1", calib=tokens(2)[:, :-1]), parent, cfg, seed=3)
+    assert d.config.model_args.n_layer == 2 and "random" in d.method
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line, on a tiny trained run
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_parent(tmp_path_factory):
+    from foundry.train import train
+    from train_helpers import tiny_config, write_char_dataset
+
+    root = tmp_path_factory.mktemp("surgery")
+    data = write_char_dataset(root / "data", chars=20_000)
+    cfg = tiny_config(data, root / "parent", **{"training.max_iters": 10, "training.eval_interval": 10,
+                                                "training.sample_tokens": 0})
+    train(cfg, quiet=True)
+    return root / "parent", data
+
+
+def test_cli_records_the_cost_and_writes_a_loadable_child(trained_parent, tmp_path, capsys):
+    import json
+
+    from foundry.checkpoint import load_run
+    from foundry.surgery.__main__ import main
+
+    parent_dir, data = trained_parent
+    out = tmp_path / "mqa"
+    assert main([str(parent_dir), "attention", "mqa", "--data", str(data), "--out", str(out), "--window", "16",
+                 "--calib-tokens", "128", "--heldout-tokens", "256", "--decode-tokens", "4",
+                 "--decode-rounds", "1"]) == 0
+    rec = json.loads((out / "surgery.json").read_text())
+    assert rec["mutation"] == "attention mqa" and rec["before"]["kl"] > 0
+    assert rec["before"]["kv_bytes_child"] * 2 == rec["before"]["kv_bytes_parent"]
+    assert "KL(parent||child)" in capsys.readouterr().out
+    child = load_run(out / "child")
+    assert child.config.model_args.kv_heads == 1 and child.config.lineage["surgery"]["mutation"] == "attention mqa"
+    assert child.config.lineage["parent"] == str(parent_dir)
+
+
+def test_cli_refuses_a_bad_healing_budget_before_loading_anything(trained_parent, tmp_path, capsys):
+    from foundry.surgery.__main__ import main
+
+    parent_dir, data = trained_parent
+    assert main([str(parent_dir), "attention", "mqa", "--data", str(data), "--out", str(tmp_path),
+                 "--heal", "tokns=100"]) == 2
+    assert "tokens" in capsys.readouterr().err and not (tmp_path / "child").exists()

@@ -18,6 +18,7 @@ child config freshly initialised (a from-scratch run of the same mutation).
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -96,6 +97,39 @@ def operate(parent: GPT, parent_cfg: ExperimentConfig, type_name: str, variant: 
                               False), parent_name)
     child_cfg, child, exact, details = entry.fn(parent, parent_cfg, child_cfg, calib, **opts)
     return _stamp(Surgery(child_cfg, child, mutation, entry.method, exact, details), parent_name)
+
+
+def reinit_changed(s: Surgery, parent: GPT, parent_cfg: ExperimentConfig, calib=None, *, seed: int = 0) -> Surgery:
+    """The control for a surgery: the same child with the layers it changed freshly initialised (GPT's own
+    init: N(0, init_std), residual projections scaled by 1/sqrt(2 n_layer), zero biases, unit norms), so a
+    healing run from it shows what the transferred weights are worth. For depth, no layer is new: the
+    control drops k blocks drawn at random instead of the least influential."""
+    type_name, variant = s.mutation.split(" ", 1)
+    if type_name == "depth":
+        out = operate(parent, parent_cfg, type_name, variant, calib=calib, parent_name=s.config.lineage.get("parent"),
+                      depth_method="random", seed=seed)
+        out.method, out.exact = "control: random blocks dropped", False
+        return out
+    part = {"attention": "attn", "mlp_ratio": "mlp"}.get(type_name)
+    if part is None:
+        raise SurgeryError(f"{s.mutation}: no changed layers to re-initialise (attention, mlp_ratio, depth have)")
+    cfg = s.model.cfg
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in s.model.blocks:
+            for name, mod in getattr(block, part).named_modules():
+                if isinstance(mod, nn.Linear):
+                    std = cfg.init_std / (math.sqrt(2 * cfg.n_layer) if name.endswith("proj") else 1.0)
+                    mod.weight.copy_(torch.randn(mod.weight.shape, generator=g) * std)
+                    if mod.bias is not None:
+                        mod.bias.zero_()
+                elif isinstance(getattr(mod, "weight", None), nn.Parameter):
+                    mod.weight.fill_(1.0)  # a norm inside the layer (MLA's latent or query norm)
+    s.method, s.exact = f"control: {part} layers re-initialised (seed {seed})", False
+    lineage = dict(s.config.lineage)
+    lineage["surgery"] = {**lineage.get("surgery", {}), "method": s.method, "exact": False}
+    s.config = s.config.replace({"lineage": lineage})
+    return s
 
 
 def _stamp(s: Surgery, parent_name: str | None) -> Surgery:
@@ -318,26 +352,30 @@ def angular_distance(states: list[torch.Tensor], n: int) -> list[float]:
 
 @surgery("depth", "depth: blocks ranked on calibration text by block influence (ShortGPT, Men et al. 2024) "
                   "or angular distance (Gromov et al. 2024), the least influential dropped")
-def depth(parent, parent_cfg, child_cfg, calib, *, depth_method: str = "bi", **opts):
+def depth(parent, parent_cfg, child_cfg, calib, *, depth_method: str = "bi", seed: int = 0, **opts):
     """depth_method 'bi': drop the k blocks of lowest block influence, anywhere (ShortGPT); 'angular': drop the
-    k consecutive blocks whose span turns the stream least (Gromov et al.)."""
+    k consecutive blocks whose span turns the stream least (Gromov et al.); 'random': k blocks drawn with
+    `seed` (the control that shows what the ranking is worth)."""
     mutation = child_cfg.lineage.get("mutation", "depth")
     L, L2 = parent.cfg.n_layer, child_cfg.model_args.n_layer
     if L2 > L:
         raise SurgeryError(f"{mutation}: adding blocks has no trained weights to transfer; use --config-only to "
                            f"train {L2} layers fresh")
-    if depth_method not in ("bi", "angular"):
-        raise SurgeryError(f"depth_method must be 'bi' (block influence) or 'angular', got {depth_method!r}")
+    if depth_method not in ("bi", "angular", "random"):
+        raise SurgeryError(f"depth_method must be 'bi' (block influence), 'angular' or 'random' (the control), "
+                           f"got {depth_method!r}")
     if parent.cfg.attention == "sliding_window" and len(parent.cfg.sliding_window.pattern) > 1:
         raise SurgeryError(f"{mutation}: sliding_window.pattern {parent.cfg.sliding_window.pattern!r} is cycled "
                            f"by layer index, so dropping blocks would turn local layers global; not supported")
     k = L - L2
-    states = residual_stream(parent, _need_calib(calib, mutation))
-    if depth_method == "bi":
-        scores = block_influence(states)
+    if depth_method == "random":
+        drop = sorted(random.Random(seed).sample(range(L), k))
+        scores = []
+    elif depth_method == "bi":
+        scores = block_influence(residual_stream(parent, _need_calib(calib, mutation)))
         drop = sorted(sorted(range(L), key=lambda i: scores[i])[:k])
     else:
-        scores = angular_distance(states, k)
+        scores = angular_distance(residual_stream(parent, _need_calib(calib, mutation)), k)
         start = min(range(len(scores)), key=lambda i: scores[i])
         drop = list(range(start, start + k))
     keep = [i for i in range(L) if i not in drop]
