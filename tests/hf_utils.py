@@ -94,10 +94,10 @@ CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}<
 
 
 def save_tiny_checkpoint(kind: str, out: Path, seed: int = 0, dtype: torch.dtype = torch.float32,
-                         max_shard_size: str | None = None, **overrides) -> Path:
-    """Write a tiny random `kind` model as transformers does (save_pretrained), plus a tokenizer, a chat
-    template and a generation config with two stop ids; returns the directory."""
-    hf = tiny_hf(kind, seed, **overrides).to(dtype)
+                         max_shard_size: str | None = None, hf=None, **overrides) -> Path:
+    """Write a tiny random `kind` model (or `hf`) as transformers does (save_pretrained), plus a tokenizer, a
+    chat template and a generation config with two stop ids; returns the directory."""
+    hf = (hf if hf is not None else tiny_hf(kind, seed, **overrides)).to(dtype)
     out = Path(out)
     kw = {"max_shard_size": max_shard_size} if max_shard_size else {}
     hf.save_pretrained(out, **kw)
