@@ -7,7 +7,7 @@
 
 One row per run: id, sweep, label, parent, mutation, resolved config (YAML) and its hash, code version (git SHA
 and dirty flag), seed, status (running | done | failed | pruned), metrics (JSON), error, wall time, artifact
-paths (JSON), timestamps. Promotions have their own table.
+paths (JSON), timestamps. Promotions have their own table, and so do sweep decisions (promoted or not).
 
 Safe with concurrent jobs: WAL journal (readers never block the writer), a busy timeout instead of "database is
 locked" errors, and every write one short `BEGIN IMMEDIATE` transaction. Intact after SIGKILL: SQLite commits are
@@ -41,7 +41,8 @@ DEFAULT_TIMEOUT = 60.0       # seconds a write waits for another writer's lock (
 RECORD_TIMEOUT = 10.0        # the same for recorded_run: a training run does not wait long to be recorded
 _COLUMNS = {"runs": {"id", "sweep", "label", "parent", "mutation", "config", "config_hash", "git_sha", "git_dirty",
                      "seed", "status", "metrics", "error", "wall_seconds", "artifacts", "created", "updated"},
-            "promotions": {"id", "sweep", "winner", "mutation", "path", "decision", "created"}}
+            "promotions": {"id", "sweep", "winner", "mutation", "path", "decision", "created"},
+            "decisions": {"sweep", "decision", "updated"}}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -72,6 +73,11 @@ CREATE TABLE IF NOT EXISTS promotions (
     path      TEXT,
     decision  TEXT NOT NULL,
     created   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    sweep     TEXT PRIMARY KEY,
+    decision  TEXT NOT NULL,
+    updated   REAL NOT NULL
 );
 """
 
@@ -136,7 +142,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float | None = None):
         self.path = Path(path) if path is not None else default_store_path()
-        self.timeout = float(timeout if timeout is not None else os.environ.get("FOUNDRY_STORE_TIMEOUT", DEFAULT_TIMEOUT))
+        self.timeout = float(timeout if timeout is not None
+                             else os.environ.get("FOUNDRY_STORE_TIMEOUT", DEFAULT_TIMEOUT))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
@@ -258,6 +265,13 @@ class Store:
             db.execute("INSERT INTO promotions (sweep, winner, mutation, path, decision, created) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (sweep, winner, mutation, path, json.dumps(decision), time.time()))
 
+    def record_decision(self, sweep: str, decision: dict) -> None:
+        """A sweep's promotion decision (rule, correction, numbers), promoted or not; a resumed sweep's
+        decision replaces the earlier one."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO decisions (sweep, decision, updated) VALUES (?, ?, ?)",
+                       (sweep, json.dumps(decision, default=str), time.time()))
+
     # ---- reading ----------------------------------------------------------------------------------
     def get(self, run_id: str) -> dict | None:
         rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -278,6 +292,10 @@ class Store:
         if sweep is not None:
             q, args = q + " WHERE sweep = ?", [sweep]
         return [{**dict(r), "decision": json.loads(r["decision"])} for r in self._read(q + " ORDER BY id", args)]
+
+    def decision(self, sweep: str) -> dict | None:
+        rows = self._read("SELECT decision FROM decisions WHERE sweep = ?", (sweep,))
+        return json.loads(rows[0][0]) if rows else None
 
     def integrity(self) -> str:
         return self._read("PRAGMA integrity_check")[0][0]

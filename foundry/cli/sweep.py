@@ -1,10 +1,18 @@
 """`python -m foundry.cli.sweep TYPE VARIANT... [options]`: the loop. Train the baseline and each mutant on the
-same seeds and data order under one budget, evaluate, rank, and (with --promote) replace the baseline only
-when the winner beats it beyond seed noise.
+same seeds and data order under one budget, evaluate, rank on the screening seeds, confirm the winner alone
+against the baseline on fresh seeds, and (with --promote) replace the baseline only when that confirmation
+shows a gain larger than the margin (default: the seed-to-seed SD a rerun shows).
 
     python -m foundry.cli.sweep attention mha gqa_2kv mqa --seeds 3 --jobs 2 --out runs/sweep_attn
     python -m foundry.cli.sweep lr x0.5 x2 --budget tokens=2e6 --eval-task mmlu --eval-limit 200 --promote
     python -m foundry.cli.sweep depth 2 6 8 --halving --eta 3      # prune hopeless mutants early
+    python -m foundry.cli.sweep lr x0.5 x2 x4 --seeds 5 --adaptive  # add seeds only where undecided
+    python -m foundry.cli.sweep lr x0.3 x30 --search tpe --trials 8 # Optuna TPE over the range LOW HIGH
+
+The promotion rule (printed and stored with every decision): the mutant with the largest mean paired gain on
+the screening seeds is the only one tested; it and the baseline train on --confirm-seeds fresh seeds and a
+one-sided paired t-test against the margin at --alpha decides. The family-wise false-promotion rate is <= alpha
+for any number of mutants, with or without halving, because no selection ever sees the confirmation seeds.
 
 Interrupted (Ctrl-C, SIGKILL) and run again with the same arguments, it resumes: finished trials are not
 re-run. Every trial is recorded in the experiment store (python -m foundry.store list). The sweep folder
@@ -39,7 +47,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="trials run in parallel; CPU threads are split evenly among them (default 1)")
     p.add_argument("--threads", type=int, default=None, metavar="T",
                    help="CPU threads per trial (default: cores // jobs)")
-    p.add_argument("--seeds", type=int, default=3, metavar="K", help="paired seeds per candidate (default 3)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K",
+                   help="paired screening seeds per candidate (default 3; with --adaptive, the most)")
+    p.add_argument("--confirm-seeds", type=int, default=None, metavar="C",
+                   help="fresh seeds on which the screening winner and the baseline are retrained to confirm "
+                        "(default: --seeds, at least 2)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="adaptive seeds: screening from 2 seeds, a mutant stops when clearly worse or clearly "
+                        "best; confirmation looks at 3..C seeds with O'Brien-Fleming alpha spending")
     p.add_argument("--budget", metavar="KIND=N",
                    help="per-candidate budget: tokens=N, flops=N or seconds=N (default: the base config's "
                         "max_iters, as tokens, so mutants that change batch or context get as many tokens)")
@@ -53,9 +68,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="successive halving: stop hopeless mutants early against the paired baseline curve")
     p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
     p.add_argument("--rungs", type=int, default=2, help="halving: rungs, the first at budget/eta^(rungs-1) (default 2)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test (default 0.05)")
-    p.add_argument("--min-effect", type=float, default=0.0,
-                   help="smallest mean gain worth promoting, in the ranking metric's units (default 0)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="family-wise false-promotion rate (level of the confirmation test; default 0.05)")
+    p.add_argument("--min-effect", type=float, default=None, metavar="M",
+                   help="the margin: smallest gain worth promoting, in the ranking metric's units (default: the "
+                        "seed-to-seed SD on the screening seeds, pooled over the candidates)")
+    p.add_argument("--search", default="grid", choices=("grid", "tpe"),
+                   help="grid: the variants as given (default); tpe: Optuna's TPE over the numeric range given "
+                        "as two variants LOW HIGH (lr, warmup, weight_decay, batch_size, ...)")
+    p.add_argument("--trials", type=int, default=8, metavar="N", help="--search tpe: trials (default 8)")
     p.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),
                    help="where trials run: local process pool (default), Ray ($RAY_ADDRESS or a local "
                         "instance), or submitit (Slurm, or its local executor with --cluster local)")
@@ -80,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     opts = SweepOptions(type=args.type, variants=args.variants, base=args.base, experiments=args.experiments,
                         tasks=args.tasks, eval_limit=args.eval_limit, eval_data=args.eval_data,
-                        promote=args.promote, jobs=args.jobs,
-                        seeds=args.seeds, budget=args.budget, overrides=args.overrides,
+                        promote=args.promote, jobs=args.jobs, seeds=args.seeds, confirm_seeds=args.confirm_seeds,
+                        adaptive=args.adaptive, search=args.search, trials=args.trials,
+                        budget=args.budget, overrides=args.overrides,
                         out=args.out or default_out(args.type, args.variants), store=args.store, halving=args.halving,
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
                         executor=args.executor, cluster=args.cluster, threads=args.threads,

@@ -5,6 +5,7 @@
     pooled_sd(groups)                          pooled standard deviation of several samples, with its df
     detectable_gain(sd, n, margin, crit)       smallest true gain promoted with 80% power (noncentral t)
     sequential_bounds(looks, alpha)            group-sequential t boundaries, Lan-DeMets alpha spending
+    paired_test(base, cand, higher_is_better)  margin_test of the per-seed gains against 0 (foundry.cli.compare)
 
 Gains are signed so that positive means the candidate is better (lower bits per byte, higher capability).
 
@@ -153,3 +154,11 @@ def sequential_bounds(looks: tuple[int, ...], alpha: float, sims: int = 200_000,
 def tail_of(crit: float, df: float) -> float:
     """P(T_df > crit): a boundary as a nominal p-value (to apply a t boundary to a statistic with other df)."""
     return float(stats.t.sf(crit, df))
+
+
+def paired_test(base: Sequence[float], cand: Sequence[float], higher_is_better: bool, alpha: float = 0.05) -> dict:
+    """One-sided paired t-test that `cand` beats `base` (paired by index, i.e. by seed); margin 0."""
+    if len(base) != len(cand):
+        raise ValueError(f"paired test needs equal lengths, got {len(base)} and {len(cand)}")
+    sign = 1.0 if higher_is_better else -1.0
+    return margin_test([sign * (c - b) for b, c in zip(base, cand)], 0.0, alpha)

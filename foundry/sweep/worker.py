@@ -38,7 +38,7 @@ def init_worker() -> None:
 def eval_curve(metrics_path: Path) -> dict[int, float]:
     """{iteration: val_bpb} from a run's metrics.jsonl (the last line for an iteration wins: a resumed run
     re-logs iterations after its last checkpoint)."""
-    from foundry.sweep.runner import read_metrics
+    from foundry.sweep.plan import read_metrics
     return {int(r["iter"]): float(r["val_bpb"]) for r in read_metrics(metrics_path) if "val_bpb" in r}
 
 
@@ -102,7 +102,7 @@ def _evaluate(out: Path, spec: dict) -> dict:
         try:
             r = evaluate(str(out), [task], limit=spec.get("eval_limit"), data_dir=spec.get("eval_data"),
                          device=_eval_device(spec))[task]
-            res[task] = {k: r[k] for k in ("metric", "score", "chance", "n") if k in r}
+            res[task] = {k: r[k] for k in ("metric", "score", "chance", "n", "items_path") if k in r}
         except Exception as e:  # noqa: BLE001 - one task's failure does not sink the trial
             res[task] = {"error": f"{type(e).__name__}: {e}"}
     return res

@@ -1,0 +1,134 @@
+"""`--search tpe`: Optuna's tree-structured Parzen estimator over one numeric mutation type.
+
+    python -m foundry.cli.sweep lr x0.3 x30 --search tpe --trials 8 --seeds 3
+
+The two variants are the range (resolved against the base, so `x0.3 x30` is relative to its learning rate).
+Each trial is an ordinary mutant (`lr 0.00123`): trained under the same budget on the same paired screening
+seeds as every grid candidate, scored by its mean paired gain over the baseline on those seeds. After the last
+trial the sweep goes on exactly as a grid sweep does: the best trial is the screening winner and only a
+confirmation on fresh seeds can promote it, so the search's many looks at the screening seeds cost nothing in
+false promotions. Compute: trials x seeds runs at the full budget, as a grid of as many variants.
+Resume: every asked value is written to OUT/sweep.json before it trains; a resumed search replays the recorded
+trials into a fresh study (their results come from the store) and asks only for the rest.
+Classical optimisers beat LLM agents on fixed search spaces (Ferreira et al. 2026); a hand-picked grid is the
+weak baseline (`python bench/bench_promotion.py real` measures it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from foundry.sweep.plan import SweepError, iters_for, mutant, parse_budget, budget_of
+from foundry.sweep.results import ranking_metric, samples
+
+
+@dataclass(frozen=True)
+class Space:
+    """A numeric mutation type: the config field it sets, whether it is an integer, whether to search in log."""
+    key: str
+    integer: bool = False
+    log: bool = True
+
+
+SPACES = {"lr": Space("training.learning_rate"), "warmup": Space("training.warmup_iters", True, False),
+          "weight_decay": Space("training.weight_decay", log=False), "batch_size": Space("training.batch_size", True),
+          "dropout": Space("model_args.dropout", log=False), "grad_clip": Space("training.grad_clip", log=False),
+          "z_loss": Space("training.z_loss"), "rope_theta": Space("model_args.rope.theta"),
+          "softcap": Space("model_args.attn_softcap", log=False)}
+
+
+def _value(cfg, key: str) -> float:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return float(obj)
+
+
+def search_range(sweep) -> tuple[Space, float, float]:
+    """The space and its bounds, from the two variants resolved against the base."""
+    from foundry.mutate import MutationError, apply_mutation
+    o = sweep.opts
+    if o.type not in SPACES:
+        raise SweepError(f"--search tpe searches a numeric type; {o.type!r} is not one of {', '.join(SPACES)}")
+    space = SPACES[o.type]
+    try:
+        lo, hi = sorted(_value(apply_mutation(sweep.base, o.type, v), space.key) for v in o.variants)
+    except MutationError as e:
+        raise SweepError(f"--search tpe range {' '.join(o.variants)}: {e}") from None
+    if not hi > lo or (space.log and lo <= 0):
+        raise SweepError(f"--search tpe range {lo:g} .. {hi:g}: needs LOW < HIGH" +
+                         (" and LOW > 0 (searched on a log scale)" if space.log else ""))
+    return space, lo, hi
+
+
+def _variant(space: Space, x: float) -> str:
+    return str(int(round(x))) if space.integer else f"{x:.4g}"
+
+
+def run_tpe(sweep) -> None:
+    """Ask, train on the screening seeds, tell, until --trials are done; appends each trial to sweep.cands."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import TrialState
+    FAIL = TrialState.FAIL
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    o = sweep.opts
+    space, lo, hi = search_range(sweep)
+    dist = (IntDistribution(int(lo), int(hi), log=space.log) if space.integer else
+            FloatDistribution(lo, hi, log=space.log))
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=max(2, o.trials // 3))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    entries = sweep.state.setdefault("search", [])
+    _train(sweep, [e["label"] for e in entries])  # recorded trials (a resume): finish any left mid-way
+    for e in entries:
+        g = _gain(sweep, e["label"])
+        study.add_trial(optuna.trial.create_trial(params={"x": e["value"]}, distributions={"x": dist},
+                                                  **({"value": g} if math.isfinite(g) else {"state": FAIL})))
+    while len(entries) < o.trials:
+        asked = [study.ask({"x": dist}) for _ in range(min(o.jobs, o.trials - len(entries)))]
+        labels = [_add(sweep, space, t.params["x"]) for t in asked]
+        sweep.save_state()  # before training: a resume replays these values
+        _train(sweep, labels)
+        for t, lab in zip(asked, labels):
+            g = _gain(sweep, lab)
+            study.tell(t, g) if math.isfinite(g) else study.tell(t, state=FAIL)
+        best = max(entries, key=lambda e: _gain(sweep, e["label"]))
+        sweep.say(f"tpe: {len(entries)}/{o.trials} trials; best so far {best['label']} "
+                  f"(gain {_gain(sweep, best['label']):+.4f} over the screening seeds)")
+
+
+def _add(sweep, space: Space, x: float) -> str:
+    """Trial value x as a candidate (its iterations under the sweep's budget) recorded in the state."""
+    seen = {c.cfg.hash(): c.label for c in sweep.cands if c.cfg is not None}
+    cand = mutant(sweep.base, sweep.state["base_path"], sweep.opts.type, _variant(space, x), seen)
+    if cand.cfg is None:  # the same value as an earlier trial (rounded) or refused: scored as that one
+        label = next((lab for lab in seen.values() if cand.error and lab in cand.error), None)
+        sweep.state["search"].append({"variant": _variant(space, x), "value": x, "label": label or cand.label})
+        return label or cand.label
+    (kind, value), _ = budget_of(sweep.base, parse_budget(sweep.opts.budget))
+    sweep.state["iters"][cand.label] = iters_for(cand.cfg, kind, value, sweep.threads)
+    sweep.cands.append(cand)
+    sweep.state["search"].append({"variant": _variant(space, x), "value": x, "label": cand.label})
+    return cand.label
+
+
+def _train(sweep, labels: list[str]) -> None:
+    live = {c.label for c in sweep.cands if c.cfg is not None}
+    todo = sorted({"baseline", *[lab for lab in labels if lab in live]})
+    sweep.run_seeds({lab: sweep.seeds.screening() for lab in todo})
+
+
+def _gain(sweep, label: str) -> float:
+    """Mean paired gain over the screening seeds (the objective); a failed or refused trial scores -inf."""
+    by = {c.label: c for c in sweep.cands}
+    if label not in by or by[label].cfg is None:
+        return -math.inf
+    idx = sweep.seeds.screening()
+    res = {k: sweep.result(by[k], idx) for k in ("baseline", label)}
+    how = ranking_metric(res, sweep.opts.tasks)
+    base, cand = samples(res["baseline"], how), samples(res[label], how)
+    common = sorted(set(base) & set(cand))
+    if not common:
+        return -math.inf
+    sign = 1.0 if how["metric"] == "capability" else -1.0
+    return sum(sign * (cand[i] - base[i]) for i in common) / len(common)
