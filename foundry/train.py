@@ -267,14 +267,20 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         extra_log = ExtraLoggers(loggers, out.path, cfg, enabled=main)
         say(f"foundry: {cfg.base_model} | {mc.n_layer} layers, {mc.n_head} heads, {mc.n_embd} wide | "
             f"{mc.attention}/{mc.position}/{mc.norm}/{mc.mlp} | {n_params / 1e6:.2f}M parameters | "
-            f"data {data.name} ({len(data.train):,} train / {len(data.val):,} val tokens, vocab {data.vocab_size}) | "
+            f"data {objective.describe(data)} | "
             f"{device.type} {str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads | "
             f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({run.mode}) | "
             f"batch {micro_batch}x{accum}x{info.world_size}x{mc.block_size} = {tokens_per_iter:,} tokens/iter")
+        if cfg.lora.rank > 0:
+            from foundry.lora import describe_trainable
+
+            say(f"lora: rank {cfg.lora.rank}, alpha {cfg.lora.alpha:g} on {', '.join(cfg.lora.targets)} of "
+                f"{cfg.init_from} | {describe_trainable(model)}")
         if state.iter == 0:
             log.write(event="start", params=n_params, data=data.name, data_fingerprint=data.fingerprint,
                       config_hash=cfg.hash(), device=device.type, dtype=str(dtype).replace("torch.", ""),
-                      world_size=info.world_size, distributed=run.mode)
+                      world_size=info.world_size, distributed=run.mode,
+                      **({"data_split": data.split} if hasattr(data, "split") else {}))
 
         def checkpoint(is_best: bool) -> None:
             """Collective under FSDP (the full state is gathered); rank 0 writes."""

@@ -110,7 +110,6 @@ def build_run(cfg: ExperimentConfig, device: torch.device | str = "cpu", info: D
     """Data, model (initial weights seeded by training.seed, identical on every rank), wrapping, optimiser,
     sampler and objective of `cfg`. With a RunDir holding a checkpoint of the same experiment, the model
     starts from its weights and `run.resumed` holds its state (restored by TrainState.start)."""
-    from foundry.checkpoint import load_weights
     from foundry.data.sampler import split_batch
     from foundry.trainer.objectives import OBJECTIVES
 
@@ -119,7 +118,8 @@ def build_run(cfg: ExperimentConfig, device: torch.device | str = "cpu", info: D
     tc = cfg.training
     objective = OBJECTIVES.get(getattr(tc, "objective", "lm"))(cfg)
 
-    # ---- data and vocabulary ----------------------------------------------------------------
+    # ---- starting weights, data and vocabulary ------------------------------------------------
+    cfg = objective.prepare(cfg)   # init_from: the base's architecture (a missing base fails here, cheaply)
     data = objective.load_data(cfg)
     vocab = cfg.model_args.vocab_size
     if vocab is None:
@@ -137,7 +137,7 @@ def build_run(cfg: ExperimentConfig, device: torch.device | str = "cpu", info: D
     torch.manual_seed(tc.seed)  # the same initial weights on every rank (FSDP shards from them)
     model = objective.build_model(cfg)
     if st is not None:
-        load_weights(model, ckpt)  # full weights, before any sharding
+        objective.load_checkpoint(model, ckpt)  # full weights (or LoRA's adapters), before any sharding
     model.to(device)
     n_params = model.num_params()
     objective.attach(model, device)
@@ -182,7 +182,7 @@ class TrainState:
             # another process count: the built-in samplers' row counter is global, so the data order
             # continues exactly; only the dropout streams are reseeded
             sampler_state = dict(st["sampler"][0])
-            if sampler_state.get("kind") not in ("random", "sequential"):
+            if sampler_state.get("kind") not in ("random", "sequential", "examples"):
                 raise ValueError(f"{run.ckpt} was written by {saved_world} processes and this run has "
                                  f"{info.world_size}; a {sampler_state.get('kind')!r} sampler can only resume "
                                  f"with the same number of processes")
