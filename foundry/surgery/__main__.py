@@ -16,14 +16,10 @@ Written to --out (default runs/surgery/<mutation>):
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import shutil
 import sys
-import time
 from pathlib import Path
 
-from foundry.config import ConfigError, ExperimentConfig, from_dict, parse_overrides, write_text_atomic
+from foundry.config import ConfigError, parse_overrides
 from foundry.surgery.heal import HealBudget
 
 
@@ -62,121 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# --------------------------------------------------------------------------------------------------
-# Parent, data, windows
-# --------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Parent:
-    model: object
-    config: ExperimentConfig
-    tokenizer_path: Path
-    name: str
-
-
-def load_parent(spec: str, device: str = "cpu") -> Parent:
-    """A foundry run (or checkpoint) directory, else a zoo name / Hugging Face directory, in float32."""
-    from foundry.checkpoint import find_checkpoint, load_run
-
-    p = Path(spec)
-    if p.is_dir() and any(find_checkpoint(c) for c in (p, p / "ckpt_best", p / "ckpt_last")):
-        run = load_run(p, device)
-        tok = next(t for t in (run.path / "tokenizer.json", run.path.parent / "tokenizer.json") if t.is_file())
-        return Parent(run.model.float(), run.config, tok, str(p))
-    from foundry.zoo import load_pretrained
-
-    pre = load_pretrained(spec, device=device, dtype="float32", quiet=True)
-    cfg = from_dict({"base_model": "v2", "model_args": dataclasses.asdict(pre.config),
-                     "out_dir": f"runs/{Path(str(spec)).name}"})
-    return Parent(pre.model, cfg, Path(pre.source) / "tokenizer.json", str(spec))
-
-
-def prepare_text(files: list[str], tokenizer_path: Path, out: Path) -> Path:
-    """The text prepared once with the parent's tokenizer under out/data (reused when already there)."""
-    from foundry.data.prepare import prepare
-
-    d = out / "data"
-    if not (d / "meta.json").is_file():
-        prepare(files, str(tokenizer_path), d, workers=1, log=lambda *a, **k: None)
-    return d
-
-
-def windows(tokens, n_tokens: int, width: int):
-    """(N, width) int64 windows of consecutive tokens from the start of a token array."""
-    import numpy as np
-    import torch
-
-    n = min(n_tokens, len(tokens)) // width
-    if n == 0:
-        raise ConfigError(f"{len(tokens)} tokens are fewer than one window of {width}; give more text or a "
-                          f"smaller --window")
-    return torch.from_numpy(np.asarray(tokens[: n * width], dtype=np.int64)).view(n, width)
-
-
-# --------------------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------------------
 def run_surgery(args) -> dict:
-    import torch
-
-    from foundry.checkpoint import save_checkpoint
-    from foundry.data.dataset import load_data
-    from foundry.surgery import cost as C
-    from foundry.surgery.transforms import operate, reinit_changed
+    from foundry.surgery.run import Measure, heal_and_measure, load_parent, operate_and_measure, prepare_text
 
     budget = HealBudget.parse(args.heal) if args.heal else None   # a bad budget fails before any loading
     overrides = dict(parse_overrides(args.set)) if args.set else None
-    for f in args.text or []:
-        if not Path(f).is_file():
-            raise ConfigError(f"--text {f}: no such file")
     out = Path(args.out or f"runs/surgery/{args.type}_{args.variant}".replace("-", "minus"))
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    missing = [f for f in args.text or [] if not Path(f).is_file()]
+    if missing:
+        raise ConfigError(f"--text {missing[0]}: no such file")
+    measure = Measure(args.window, args.calib_tokens, args.heldout_tokens, args.decode_tokens, args.decode_rounds)
     parent = load_parent(args.parent, args.device)
     data_dir = Path(args.data) if args.data else prepare_text(args.text, parent.tokenizer_path, out)
-    data = load_data(data_dir)
-    if data.vocab_size > parent.model.cfg.vocab_size:
-        raise ConfigError(f"{data_dir}: its tokenizer has {data.vocab_size} tokens, more than the parent's "
-                          f"vocabulary ({parent.model.cfg.vocab_size}); prepare it with the parent's tokenizer")
-    calib = windows(data.train, args.calib_tokens, args.window)
-    heldout = windows(data.val, args.heldout_tokens, args.window + 1)
-    s = operate(parent.model, parent.config, args.type, args.variant, calib=calib, overrides=overrides,
-                config_only=args.config_only, parent_name=parent.name, depth_method=args.depth_method)
-    if args.init == "random":
-        s = reinit_changed(s, parent.model, parent.config, calib, seed=args.seed)
-    prompt = heldout[0, :32].tolist() if args.decode_tokens else None
-    before = C.surgery_cost(parent.model, s.model, heldout, decode_prompt=prompt, decode_tokens=args.decode_tokens,
-                            decode_rounds=args.decode_rounds)
-    print(C.format_cost(before, f"{s.mutation} on {parent.name} ({s.method}; exact: {s.exact}), before healing:"))
-    # the child as a run directory: what init_from and load_run read
-    child_dir = out / "child"
-    save_checkpoint(child_dir / "ckpt_best", s.model, {"iter": 0}, s.config.to_yaml())
-    shutil.copyfile(parent.tokenizer_path, child_dir / "tokenizer.json")
-    record = {"parent": parent.name, "mutation": s.mutation, "method": s.method, "exact": s.exact,
-              "init": args.init, "details": s.details, "before": before, "data": str(data_dir),
-              "calib_tokens": int(calib.numel()), "child": str(child_dir)}
-    cfg = s.config
+    record = operate_and_measure(parent, args.type, args.variant, data_dir, out, measure=measure,
+                                 overrides=overrides, config_only=args.config_only, init=args.init, seed=args.seed,
+                                 depth_method=args.depth_method)
     if budget is not None:
-        from foundry.checkpoint import load_run
-        from foundry.surgery.heal import heal, healing_experiment
-
-        cfg = healing_experiment(s.config, child_dir, data_dir, budget, teacher=parent.name,
-                                 out_dir=out / "heal", parent=parent.name)
-        del s
-        summary = heal(cfg)
-        healed = load_run(out / "heal", args.device, which="last").model.float()
-        after = C.next_token_divergence(parent.model, healed, heldout)
-        lost = before["ppl_child"] - before["ppl_parent"]
-        record["after"] = after
-        record["heal"] = {**cfg.lineage["heal"], "train_summary": {k: v for k, v in summary.items()
-                                                                   if isinstance(v, (int, float, str))}}
-        record["recovered_share"] = (before["ppl_child"] - after["ppl_child"]) / lost if lost > 0 else None
-        print(f"after healing on {cfg.lineage['heal']['tokens']:,} tokens: KL {after['kl']:.4f}, perplexity "
-              f"{after['ppl_child']:.3f} (parent {after['ppl_parent']:.3f})"
-              + (f"; recovered {record['recovered_share']:.1%} of the perplexity lost"
-                 if record["recovered_share"] is not None else ""))
-    record["seconds"] = time.perf_counter() - t0
-    write_text_atomic(out / "experiment.yaml", cfg.to_yaml())
-    write_text_atomic(out / "surgery.json", json.dumps(record, indent=1, default=str) + "\n")
+        record = heal_and_measure(record, parent, budget, out, measure=measure, device=args.device)
     print(f"wrote {out / 'surgery.json'}")
     return record
 
