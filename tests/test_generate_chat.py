@@ -135,6 +135,54 @@ def test_an_unknown_target_names_what_was_tried(tmp_path, capsys):
     assert "neither a foundry run" in err and "ckpt_best" in err
 
 
+# ---- a Hugging Face directory, through the zoo, against transformers -------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_dir(run_dir, tmp_path_factory):
+    """The trained run exported as a Llama directory whose generation_config names a stop id that greedy
+    decoding of "ROMEO: " reaches after a few tokens, with a ChatML chat template."""
+    from foundry.zoo import save_hf
+
+    run = load_run(run_dir)
+    ids = greedy(run.model, run.tokenizer.encode("ROMEO: "), 24)
+    k, stop = first_new_token_at(ids, 2)
+    out = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    save_hf(run.model, out, tokenizer=run.tokenizer, chat_template=CHATML, stop_ids=[stop])
+    return out, k, stop
+
+
+def test_generate_on_an_hf_dir_is_transformers_greedy_and_stops_at_its_eos(hf_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    path, k, stop = hf_dir
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    target = gen_cli.load_target(str(path))
+    assert target.stop_ids == [stop] and target.source.startswith("zoo")
+    ids = target.tokenizer.encode("ROMEO: ")
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+    assert want[-1] == stop and len(want) == k + 1  # transformers stops there too (generation_config's eos)
+    assert gen_cli.main([str(path), "--prompt", "ROMEO: ", "--temperature", "0", "--max-new-tokens", "24"]) == 0
+    assert capsys.readouterr().out == target.tokenizer.decode(want[:-1]) + "\n"
+
+
+def test_chat_on_an_hf_dir_renders_its_template_like_transformers(hf_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, _, _ = hf_dir
+    hf, hf_tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    s = session_for(gen_cli.load_target(str(path)), n=10)
+    assert s.format == "template"
+    convo = [{"role": "user", "content": "Hello"}]
+    want = hf_tok.apply_chat_template(convo, add_generation_prompt=True, tokenize=False)
+    assert s.render(convo) == hf_tok.encode(want, add_special_tokens=False)
+    reply = s.reply("Hello")
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([s.render(convo)]), max_new_tokens=10, do_sample=False,
+                          eos_token_id=s.stop_ids)[0, len(s.render(convo)):].tolist()
+    assert reply == hf_tok.decode([i for i in out if i not in s.stop_ids])
+
+
 # ---- chat -----------------------------------------------------------------------------------------------
 
 def session_for(target, n=12, **kw):
@@ -179,14 +227,18 @@ def test_chat_template_renders_as_transformers_does(tok):
     from transformers import PreTrainedTokenizerFast
 
     # a Llama 3.2-style template: loop controls, raise_exception, strftime_now, tojson, whitespace control
-    template = ("{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set sys = messages[0]['content'] %}"
-                "{%- set messages = messages[1:] %}{%- else %}{%- set sys = 'Today: ' + strftime_now('%Y') %}"
-                "{%- endif %}\n{{- '<|im_start|>system\n' + sys + '<|im_end|>\n' }}\n"
-                "{%- for m in messages %}\n  {%- if m['role'] not in ['user', 'assistant'] %}"
-                "{{- raise_exception('bad role') }}{%- endif %}\n  {%- if loop.index > 6 %}{% break %}{% endif %}\n"
-                "  {{- '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}\n"
-                "  {%- if m.get('meta') %}{{ m['meta'] | tojson }}{% endif %}\n{%- endfor %}\n"
-                "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}\n")
+    template = ("{{- bos_token }}\n"
+                "{%- if messages[0]['role'] == 'system' %}{%- set sys = messages[0]['content'] %}"
+                "{%- set messages = messages[1:] %}\n"
+                "{%- else %}{%- set sys = 'Today: ' + strftime_now('%Y') %}{%- endif %}\n"
+                "{{- '<|im_start|>system\n' + sys + '<|im_end|>\n' }}\n"
+                "{% for m in messages %}\n"
+                "  {% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role') }}{% endif %}\n"
+                "  {% if loop.index > 6 %}{% break %}{% endif %}\n"
+                "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}\n"
+                "  {% if m.get('meta') %}{{ m['meta'] | tojson }}\n{% endif %}\n"
+                "{% endfor %}\n"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}\n")
     hf = PreTrainedTokenizerFast(tokenizer_object=tok._tok, bos_token="<|bos|>", eos_token="<|eos|>")
     hf.chat_template = template
     render = chat_cli.jinja_renderer(template)
