@@ -331,3 +331,53 @@ def test_cli_refuses_a_bad_healing_budget_before_loading_anything(trained_parent
     assert main([str(parent_dir), "attention", "mqa", "--data", str(data), "--out", str(tmp_path),
                  "--heal", "tokns=100"]) == 2
     assert "tokens" in capsys.readouterr().err and not (tmp_path / "child").exists()
+
+
+@pytest.mark.parametrize("heal", ["tokens=2048,batch=4,lr=3e-3,distill=0.7", "tokens=2048,batch=4,lr=1e-2,lora=4"])
+def test_cli_heals_the_child_from_its_transferred_weights_through_the_training_loop(trained_parent, tmp_path, heal):
+    import json
+
+    import yaml
+
+    from foundry.surgery.__main__ import main
+
+    parent_dir, data = trained_parent
+    out = tmp_path / "heal"
+    assert main([str(parent_dir), "attention", "mqa", "--data", str(data), "--out", str(out), "--window", "16",
+                 "--calib-tokens", "128", "--heldout-tokens", "512", "--decode-tokens", "0", "--heal", heal]) == 0
+    rec = json.loads((out / "surgery.json").read_text())
+    assert rec["after"]["ppl_child"] < rec["before"]["ppl_child"]
+    first = next(json.loads(line) for line in (out / "heal" / "metrics.jsonl").read_text().splitlines()
+                 if '"loss"' in line)
+    assert first["loss"] < math.log(V) - 0.3   # it started from the transferred weights, not a random init
+    cfg = yaml.safe_load((out / "heal" / "config.yaml").read_text())
+    assert cfg["init_from"] == str(out / "child") and cfg["lineage"]["heal"]["surgery"] == "attention mqa"
+    assert cfg["training"]["objective"] == ("distill" if "distill" in heal else "lm")
+    assert cfg["lora"]["rank"] == (4 if "lora" in heal else 0)
+    exp = yaml.safe_load((out / "experiment.yaml").read_text())
+    assert exp["lineage"]["heal"]["tokens"] == rec["heal"]["tokens"] >= 2048
+
+
+def test_distillation_loss_is_the_weighted_sum_of_cross_entropy_and_kl_to_the_teacher():
+    """training.objective distill: (1 - a) CE + a T^2 KL(teacher_T || student_T), checked against the
+    formula computed naively per token."""
+    import torch.nn.functional as F
+
+    from foundry.trainer.objectives import OBJECTIVES
+
+    cfg = experiment().replace({"training.objective": "distill", "training.distill.teacher": "unused",
+                                "training.distill.alpha": 0.3, "training.distill.temperature": 2.0})
+    student, teacher = parent_of(cfg, seed=0), parent_of(cfg, seed=1)
+    obj = OBJECTIVES.get("distill")(cfg)
+    obj.teacher = teacher
+    w = tokens(2)
+    x, y = w[:, :-1], w[:, 1:]
+    loss, parts = obj.loss(student, (x, y))
+    s, t = student(x).flatten(0, 1) / 2.0, teacher(x).flatten(0, 1) / 2.0
+    kl = sum(float((F.softmax(t[i], -1) * (F.log_softmax(t[i], -1) - F.log_softmax(s[i], -1))).sum())
+             for i in range(s.shape[0])) / s.shape[0] * 4.0
+    ce = float(F.cross_entropy(student(x).flatten(0, 1), y.reshape(-1)))
+    assert float(parts["kl"]) == pytest.approx(kl, rel=1e-4)
+    assert float(loss) == pytest.approx(0.7 * ce + 0.3 * kl, rel=1e-4)
+    obj.teacher = student
+    assert float(obj.loss(student, (x, y))[1]["kl"]) == pytest.approx(0, abs=1e-5)

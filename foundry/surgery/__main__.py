@@ -72,7 +72,7 @@ def run_surgery(args) -> dict:
     data_dir = Path(args.data) if args.data else prepare_text(args.text, parent.tokenizer_path, out)
     record = operate_and_measure(parent, args.type, args.variant, data_dir, out, measure=measure,
                                  overrides=overrides, config_only=args.config_only, init=args.init, seed=args.seed,
-                                 depth_method=args.depth_method)
+                                 depth_method=args.depth_method, train_block=budget.block if budget else None)
     if budget is not None:
         record = heal_and_measure(record, parent, budget, out, measure=measure, device=args.device)
     print(f"wrote {out / 'surgery.json'}")

@@ -61,10 +61,6 @@ class HealBudget:
         return b
 
     @property
-    def iters(self) -> int:
-        return math.ceil(self.tokens / (self.batch * self.block))
-
-    @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (1e-3 if self.lora else 1e-4)
 
@@ -78,12 +74,13 @@ def healing_experiment(child: ExperimentConfig, child_dir: str | Path, data_dir:
     """The experiment that heals `child` (saved at child_dir) on the prepared data set data_dir."""
     if budget.distill > 0 and not teacher:
         raise ConfigError("healing with distill > 0 needs the parent as teacher")
-    it = budget.iters
+    # a finetune trains on windows of its base's block_size (the child is saved with block_size = budget.block
+    # where positions allow, run.operate_and_measure); the iterations spend the token budget on those windows
+    block = child.model_args.block_size
+    it = math.ceil(budget.tokens / (budget.batch * block))
     lr = budget.learning_rate
     over = {
         "init_from": str(child_dir), "data.path": str(data_dir), "out_dir": str(out_dir),
-        # training windows of budget.block tokens: a RoPE model's block_size bounds nothing else
-        "model_args.block_size": min(budget.block, child.model_args.block_size),
         "training.max_iters": it, "training.batch_size": budget.batch, "training.gradient_accumulation_steps": 1,
         "training.learning_rate": lr, "training.min_lr": lr / 10, "training.warmup_iters": max(1, it // 10),
         "training.lr_decay_iters": it, "training.lr_schedule": "cosine", "training.weight_decay": 0.0,
@@ -95,15 +92,36 @@ def healing_experiment(child: ExperimentConfig, child_dir: str | Path, data_dir:
     if budget.distill > 0:
         over.update({"training.distill.teacher": str(teacher), "training.distill.alpha": budget.distill,
                      "training.distill.temperature": budget.temperature})
-    if child.model_args.position == "learned" and budget.block > child.model_args.block_size:
-        raise ConfigError(f"--heal block={budget.block} exceeds the child's learned position table "
-                          f"({child.model_args.block_size})")
     cfg = child.replace(over)
     lineage = dict(cfg.lineage)
     surgery = lineage.get("surgery", {})
     lineage["heal"] = {"parent": parent or surgery.get("parent"), "surgery": surgery.get("mutation"),
-                       "budget": asdict(budget), "iters": it, "tokens": it * budget.batch * budget.block}
+                       "budget": asdict(budget), "iters": it, "tokens": it * budget.batch * block}
     return cfg.replace({"lineage": lineage})
+
+
+def load_healed(run_dir: str | Path, device="cpu"):
+    """The healed model of a healing run, built as the trainer builds it (init_from's weights, LoRA wrapped
+    when used, then the run's last checkpoint: all weights, or the adapters), adapters merged, float32, eval."""
+    import yaml
+
+    from foundry.checkpoint import find_checkpoint
+    from foundry.config import from_dict
+    from foundry.trainer.objectives import OBJECTIVES
+
+    ckpt = find_checkpoint(Path(run_dir) / "ckpt_last") or find_checkpoint(Path(run_dir) / "ckpt_best")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: the healing run left no checkpoint")
+    cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
+    objective = OBJECTIVES.get(cfg.training.objective)(cfg)
+    cfg = objective.prepare(cfg)
+    model = objective.build_model(cfg)
+    objective.load_checkpoint(model, ckpt)
+    if cfg.lora.rank > 0:
+        from foundry.lora import merge
+
+        merge(model)
+    return model.float().to(device).eval()
 
 
 def heal(cfg: ExperimentConfig, quiet: bool = True) -> dict:

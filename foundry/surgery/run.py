@@ -92,9 +92,14 @@ def measured_windows(parent: Parent, data_dir: Path, m: Measure):
 
 def operate_and_measure(parent: Parent, type_name: str, variant: str, data_dir: Path, out: Path, *,
                         measure: Measure = Measure(), overrides: dict | None = None, config_only: bool = False,
-                        init: str = "transferred", seed: int = 0, depth_method: str = "bi", say=print) -> dict:
+                        init: str = "transferred", seed: int = 0, depth_method: str = "bi",
+                        train_block: int | None = None, say=print) -> dict:
     """The surgery, its cost before healing (printed), the child saved as out/child (a run directory) and the
-    record written to out/surgery.json; returns the record (its "config" is the child's experiment)."""
+    record written to out/surgery.json; returns the record (its "config" is the child's experiment).
+
+    train_block: the healing windows. A finetune takes its base's architecture (init_from), block_size
+    included, so the child is saved with block_size = train_block when its positions are not a learned table
+    (RoPE, NoPE, ALiBi: block_size then bounds nothing but the training windows)."""
     from foundry.checkpoint import save_checkpoint
     from foundry.surgery import cost as C
     from foundry.surgery.transforms import operate, reinit_changed
@@ -111,6 +116,8 @@ def operate_and_measure(parent: Parent, type_name: str, variant: str, data_dir: 
                             decode_rounds=measure.decode_rounds)
     say(C.format_cost(before, f"{s.mutation} on {parent.name} ({s.method}; exact: {s.exact}), before healing:"))
     child_dir = out / "child"
+    if train_block and s.config.model_args.position != "learned" and train_block < s.config.model_args.block_size:
+        s.config = s.config.replace({"model_args.block_size": train_block})
     save_checkpoint(child_dir / "ckpt_best", s.model, {"iter": 0}, s.config.to_yaml())
     shutil.copyfile(parent.tokenizer_path, child_dir / "tokenizer.json")
     record = {"parent": parent.name, "mutation": s.mutation, "method": s.method, "exact": s.exact, "init": init,
@@ -125,16 +132,15 @@ def heal_and_measure(record: dict, parent: Parent, budget: HealBudget, out: Path
                      device: str = "cpu", say=print) -> dict:
     """Heal the child of `record` (out/heal, through foundry.train), then measure KL and perplexity again on the
     same held-out windows; the record gains "after", "heal" and "recovered_share" (of the perplexity lost)."""
-    from foundry.checkpoint import load_run
     from foundry.surgery.cost import next_token_divergence
-    from foundry.surgery.heal import heal, healing_experiment
+    from foundry.surgery.heal import heal, healing_experiment, load_healed
 
     t0 = time.perf_counter()
     _, heldout = measured_windows(parent, Path(record["data"]), measure)
     cfg = healing_experiment(record["config"], record["child"], record["data"], budget, teacher=parent.name,
                              out_dir=out / "heal", parent=parent.name)
     summary = heal(cfg)
-    healed = load_run(out / "heal", device, which="last").model.float()
+    healed = load_healed(out / "heal", device)
     after = next_token_divergence(parent.model, healed, heldout)
     before = record["before"]
     lost = before["ppl_child"] - before["ppl_parent"]
