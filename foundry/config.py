@@ -569,6 +569,8 @@ def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None)
 
 
 def from_dict(raw: dict) -> ExperimentConfig:
+    if raw.get("init_from"):
+        raw = _checkpoint_architecture(dict(raw))
     raw = _apply_preset(dict(raw))
     plugins = raw.get("plugins") or []
     if plugins:
@@ -576,6 +578,60 @@ def from_dict(raw: dict) -> ExperimentConfig:
     cfg = _build(ExperimentConfig, raw, "")
     cfg.check()
     return cfg
+
+
+# model_args an experiment may set on top of init_from's checkpoint: how it trains, not what the weights compute
+# (block_size: the training context, at most the checkpoint's; a learned position table keeps its first rows)
+CHECKPOINT_FREE_KEYS = ("dropout", "init_std", "block_size", "extra")
+
+
+def _checkpoint_architecture(raw: dict) -> dict:
+    """init_from set: model_args become the checkpoint's architecture (a foundry run's config.yaml, or a zoo
+    checkpoint's config.json through foundry.zoo's torch-free catalog). A model_args key the experiment sets
+    that contradicts the checkpoint fails naming both values. A checkpoint not found here is left to the
+    trainer, which names what is missing (a base may be trained after its finetune is written)."""
+    from foundry.zoo.catalog import ZooError, checkpoint_model_args
+
+    src = raw["init_from"]
+    if not isinstance(src, str):
+        raise ConfigError(f"init_from: expected a zoo name or a checkpoint / run directory, got {src!r}")
+    given = raw.get("model_args") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"model_args: expected a mapping, got {type(given).__name__}")
+    run_config = Path(src).expanduser() / "config.yaml"
+    try:
+        if run_config.is_file():  # a foundry run directory
+            theirs = (yaml.safe_load(run_config.read_text()) or {}).get("model_args") or {}
+        else:
+            theirs, _ = checkpoint_model_args(src)
+    except (ZooError, OSError, yaml.YAMLError):
+        return raw
+    ckpt = dataclasses.asdict(_build(ModelConfig, theirs, "model_args"))
+    mine = dataclasses.asdict(_build(ModelConfig, given, "model_args"))  # typed, so 1e-5 and "1e-5" compare equal
+
+    def paths(d: dict, prefix: str = ""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "extra":
+                yield from paths(v, f"{prefix}{k}.")
+            else:
+                yield prefix + k
+
+    def at(d: dict, path: str):
+        for part in path.split("."):
+            d = d[part]
+        return d
+
+    for key in paths(given):
+        if key.split(".")[0] in CHECKPOINT_FREE_KEYS:
+            continue
+        if at(mine, key) != at(ckpt, key):
+            raise ConfigError(f"model_args.{key}: {at(mine, key)!r} contradicts init_from {src!r}, whose "
+                              f"{key} is {at(ckpt, key)!r}; remove the key (the checkpoint sets the architecture)")
+    if mine["block_size"] > ckpt["block_size"] and "block_size" in given:
+        raise ConfigError(f"model_args.block_size: {mine['block_size']} exceeds init_from {src!r}'s "
+                          f"{ckpt['block_size']} positions; use at most that")
+    free = {k: given[k] for k in CHECKPOINT_FREE_KEYS if k in given}
+    return {**raw, "model_args": {**theirs, **free}}
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:

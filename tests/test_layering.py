@@ -27,10 +27,14 @@ RULES = [  # (prefix, layer); the longest matching prefix wins
     ("foundry.loggers", 3), ("foundry.trainer", 3), ("foundry.eval", 3), ("foundry.zoo", 3), ("foundry.lora", 3),
     ("foundry.mutate", 4), ("foundry.store", 3), ("foundry.sweep", 4), ("foundry.cli", 4),
     ("foundry.generate", 4), ("foundry.chat", 4), ("foundry.surgery", 4),
+    # the zoo's torch-free catalog (named configs, checkpoint lookup, config translation): the experiment
+    # loader reads init_from's architecture through it
+    ("foundry.zoo.catalog", 0), ("foundry.zoo.architectures", 0),
     ("foundry", 0),  # the package root (__init__) is as light as the config
 ]
 # mutate's config transforms must stay instant: torch-free like the config
-TORCH_FREE = ["foundry.registry", "foundry.config", "foundry.mutate", "foundry.safeio", "foundry.interrupt"]
+TORCH_FREE = ["foundry.registry", "foundry.config", "foundry.mutate", "foundry.safeio", "foundry.interrupt",
+              "foundry.zoo.catalog"]
 
 
 def layer_of(module: str) -> int | None:

@@ -284,3 +284,53 @@ def test_export_refuses_a_char_tokenizer_and_a_non_empty_directory(tmp_path):
     (tmp_path / "b" / "x").write_text("x")
     with pytest.raises(ZooError, match="exists and is not empty"):
         save_hf(_model("v1"), tmp_path / "b")
+
+
+# --------------------------------------------------------------------------------------------------
+# Experiments that start from a checkpoint (init_from)
+# --------------------------------------------------------------------------------------------------
+def test_init_from_takes_the_checkpoint_architecture_and_keeps_training_keys(checkpoints):
+    path = checkpoints["llama"][1]
+    cfg = from_dict({"init_from": str(path), "model_args": {"block_size": 16, "dropout": 0.1, "n_layer": 2}})
+    m = cfg.model_args
+    assert (m.n_layer, m.head_dim, m.kv_heads, m.mlp_hidden, m.vocab_size) == (2, 12, 2, 88, VOCAB)
+    assert m.rope.scaling.type == "llama3" and m.tie_embeddings and m.position == "rope"
+    assert (m.block_size, m.dropout) == (16, 0.1)
+    assert from_dict(cfg.to_dict()).model_args == m  # the resolved config reloads as itself
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("n_layer", 4, "model_args.n_layer: 4 contradicts init_from '.*', whose n_layer is 2"),
+    ("rope", {"theta": 500.0}, "model_args.rope.theta: 500.0 contradicts init_from '.*', whose rope.theta is 10000.0"),
+    ("attention", "mla", "model_args.attention: 'mla' contradicts init_from '.*', whose attention is 'gqa'"),
+    ("block_size", 4096, "model_args.block_size: 4096 exceeds init_from '.*'s 256 positions"),
+])
+def test_init_from_refuses_a_contradicting_model_arg(checkpoints, key, value, message):
+    from foundry.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"init_from": str(checkpoints["llama"][1]), "model_args": {key: value}})
+
+
+def test_training_starts_from_the_checkpoint_weights_and_tokenizer(checkpoints, tmp_path):
+    from foundry.checkpoint import load_run
+    from foundry.config import ConfigError
+    from foundry.data.prepare import prepare
+    from foundry.train import train
+
+    hf, path = checkpoints["qwen2"]
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(["the quick brown fox jumps over the lazy dog"] * 40 + ["hello zoo"] * 40))
+    prepare([str(text)], str(path), tmp_path / "data", workers=1, log=lambda *a, **k: None)
+    base = {"init_from": str(path), "data": {"path": str(tmp_path / "data")}, "out_dir": str(tmp_path / "run"),
+            "model_args": {"block_size": 16},
+            "training": {"max_iters": 1, "eval_interval": 1, "eval_iters": 1, "batch_size": 2, "learning_rate": 1e-9,
+                         "min_lr": 1e-10, "warmup_iters": 0, "device": "cpu", "num_threads": 1, "sample_tokens": 0,
+                         "dtype": "float32"}}
+    train(from_dict(base), quiet=True)
+    run = load_run(tmp_path / "run")
+    with torch.no_grad():  # one step at lr 1e-9 leaves the pretrained model in place; a random start would not
+        torch.testing.assert_close(run.model(_idx(T=16)), hf(_idx(T=16)).logits, atol=1e-4, rtol=0)
+    assert json.loads(run.tokenizer.to_json())["tokenizer"] == json.loads((path / "tokenizer.json").read_text())
+    with pytest.raises(ConfigError, match="not tokenized with the base's tokenizer"):
+        train(from_dict({**base, "data": {"path": None}, "out_dir": str(tmp_path / "run2")}), quiet=True)

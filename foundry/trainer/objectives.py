@@ -13,6 +13,7 @@ tokens_per_row(), checkpoint_weights(model, weights).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,7 +156,9 @@ class LanguageModelling(Objective):
     def load_data(self, cfg: ExperimentConfig):
         from foundry.data.dataset import load_data
 
-        return load_data(cfg.data.path)
+        data = load_data(cfg.data.path)
+        check_base_tokenizer(data, self.base)
+        return data
 
     def sampler(self, data, rank: int, world_size: int):
         from foundry.data.sampler import make_sampler
@@ -291,10 +294,15 @@ def resolve_base(cfg: ExperimentConfig) -> Base | None:
 
 
 def with_base_architecture(cfg: ExperimentConfig, base: Base | None) -> ExperimentConfig:
-    """The experiment with the base's architecture (its model_args, the experiment's dropout kept)."""
+    """The experiment with the base's architecture: its model_args, but the experiment's training-only keys
+    (config.CHECKPOINT_FREE_KEYS: dropout, init_std, extra, and block_size when it is not above the base's)."""
+    from foundry.config import CHECKPOINT_FREE_KEYS
+
     if base is None:
         return cfg
-    args = {**base.model_args, "dropout": cfg.model_args.dropout}
+    keep = {k: getattr(cfg.model_args, k) for k in CHECKPOINT_FREE_KEYS if k != "block_size"}
+    limit = base.model_args.get("block_size", cfg.model_args.block_size)
+    args = {**base.model_args, **keep, "block_size": min(cfg.model_args.block_size, limit)}
     return cfg.replace({f"model_args.{k}": v for k, v in args.items()})
 
 
@@ -304,13 +312,26 @@ def load_base_weights(model: nn.Module, base: Base) -> None:
 
         load_weights(model, base.path)
         return
-    from foundry.zoo import load_pretrained
+    from foundry.zoo.load import load_into
 
-    p = load_pretrained(base.path, dtype="float32", quiet=True)
-    missing, unexpected = model.load_state_dict(p.model.state_dict(), strict=False)
-    if unexpected or [m for m in missing if m != "lm_head.weight"]:
-        raise ValueError(f"{base.path}: the checkpoint does not fit the model: missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}")
+    load_into(model, base.path)  # through the zoo's key map, one tensor at a time (no second model)
+
+
+def check_base_tokenizer(data, base: Base | None) -> None:
+    """Text trained on a base must be tokenized by the base's own tokenizer (the ids mean its tokens)."""
+    if base is None:
+        return
+    tok = getattr(data, "tokenizer", None)
+
+    def core(t):
+        d = json.loads(t.to_json())
+        return d.get("tokenizer", d)
+
+    if tok is None or core(tok) != core(base.tokenizer):
+        where = base.path if base.kind == "zoo" else base.path.parent
+        raise ConfigError(f"init_from={where}: the data ({getattr(data, 'name', '?')}) is not tokenized with the "
+                          f"base's tokenizer; prepare it with `python -m foundry.data prepare --input TEXT "
+                          f"--tokenizer {where} --out DIR` and set data.path to DIR")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -101,6 +101,18 @@ def fill_from_checkpoint(model, cfg: ModelConfig, d: Path, arch: Architecture, d
     return fill(model, cfg, arch, list(where), lambda n: where[n].get_tensor(n), dtype or stored, str(d), show)
 
 
+def load_into(model, name_or_path: str | os.PathLike, progress: bool | None = None) -> Path:
+    """Copy a local checkpoint's weights into an already built foundry GPT of its architecture (a finetune's
+    model, before LoRA wraps it), one checkpoint tensor at a time: no second model is built. A shorter
+    block_size keeps the first rows of a learned position table. Returns the checkpoint directory."""
+    d = find(name_or_path)
+    hf = read_hf_config(d)
+    arch = architecture_of(hf, str(d / "config.json"))
+    device = next(model.parameters()).device
+    fill_from_checkpoint(model, model.cfg, d, arch, device, None, progress)
+    return d
+
+
 def from_hf_state(hf_config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None):
     """A foundry GPT holding the weights of an in-memory Hugging Face state dict (e.g. a transformers model's
     `state_dict()`) whose config is `hf_config` (config.json's dict, or `model.config.to_dict()`)."""
@@ -115,9 +127,9 @@ def from_hf_state(hf_config: dict, state: dict[str, torch.Tensor], dtype: torch.
 
 def fill(model, cfg: ModelConfig, arch: Architecture, names: list[str], get, target: torch.dtype | None,
          where: str, progress: bool) -> torch.dtype:
-    """Assign every parameter of a meta-device `model` from checkpoint tensors `names` (read with `get`, one
-    at a time, through the key map); floating tensors are cast to `target`. Tied heads are re-tied; nothing
-    is left on the meta device."""
+    """Fill every parameter of `model` from checkpoint tensors `names` (read with `get`, one at a time, through
+    the key map). A meta-device model is assigned the tensors (floating ones cast to `target`; tied heads
+    re-tied; nothing is left on the meta device); a built one has them copied in (its dtype kept)."""
     ours = [n for n, _ in model.named_parameters()]  # tied weights once (lm_head is wte when tied)
     plan = import_plan(arch, cfg, ours, canonical_names(arch, names))
     target = target or torch.float32
@@ -126,6 +138,7 @@ def fill(model, cfg: ModelConfig, arch: Architecture, names: list[str], get, tar
         from tqdm import tqdm
         bar = tqdm(total=len(plan), desc=f"loading {Path(where).name}", unit="tensor", file=sys.stderr)
     params = dict(model.named_parameters())
+    on_meta = any(p.is_meta for p in params.values())
     state = {}
     for name, rule, theirs in plan:
         t = combine(rule, [get(n) for n in theirs])
@@ -135,11 +148,17 @@ def fill(model, cfg: ModelConfig, arch: Architecture, names: list[str], get, tar
         if t.shape != want:
             raise ZooError(f"{where}: {theirs} give {name} the shape {tuple(t.shape)}, the config implies "
                            f"{tuple(want)}")
-        state[name] = t.to(target) if t.is_floating_point() and t.dtype != target else t
+        if on_meta:
+            state[name] = t.to(target) if t.is_floating_point() and t.dtype != target else t
+        else:
+            with torch.no_grad():
+                params[name].copy_(t)
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
+    if not on_meta:
+        return params[plan[0][0]].dtype
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.wte.weight  # assign replaced the shared Parameter: tie again
