@@ -97,7 +97,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, conf
     blobs[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
     needed = sum(len(b) for b in blobs.values())
     kept = (f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written")
-    check_free_space(path.parent, needed, kept)
+    check_free_space(path, needed, kept)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
     try:
         with guard_disk_full(path, needed, kept):
@@ -137,7 +137,7 @@ def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     src, dst = Path(src), Path(dst)
     needed = sum(f.stat().st_size for f in src.iterdir() if f.is_file())
     kept = f"{src.name} is saved; the previous {dst.name} is unchanged"
-    check_free_space(dst.parent, needed, kept)
+    check_free_space(dst, needed, kept)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=dst.name + ".tmp"))
     old = dst.with_name(dst.name + ".old")
     try:

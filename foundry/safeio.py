@@ -79,9 +79,10 @@ class DiskFullError(OSError):
             free = free_bytes(self.path)
             what = (f"the disk is full{need}, {'?' if free is None else fmt_bytes(free)} free there; "
                     f"free some space")
-        kept = f" {kept.rstrip('.')}." if kept else ""
+        kept = f" {kept[0].upper()}{kept[1:].rstrip('.')}." if kept else ""
         self.message = f"{self.path}: {what} and run the same command again to continue.{kept}"
-        super().__init__(code, self.message)
+        super().__init__(self.message)  # args == (message,): handlers that print e.args[0] print the message
+        self.errno, self.filename = code, str(self.path)
 
     def __str__(self) -> str:
         return self.message

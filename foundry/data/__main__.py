@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from foundry.safeio import DiskFullError
+
 
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenize text/JSONL into a prepared data set directory",
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _run(args) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # DataError is a ValueError
+    except (ValueError, FileNotFoundError, FileExistsError, DiskFullError) as e:  # DataError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

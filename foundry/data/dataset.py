@@ -18,6 +18,7 @@ import torch
 
 from foundry.data import embedded
 from foundry.data.tokenize import CharTokenizer, load_tokenizer
+from foundry.safeio import DamagedFileError
 
 
 @dataclass
@@ -56,24 +57,44 @@ def load_data(path: str | os.PathLike | None) -> TokenData:
     if not meta_path.is_file():
         raise FileNotFoundError(f"data.path {d}: no meta.json there; prepare a data set with "
                                 f"`python -m foundry.data prepare --input FILE --tokenizer char --out {d}`")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFileError(f"data.path {d}: meta.json is damaged ({e}); prepare the directory again "
+                               f"(`python -m foundry.data prepare ... --out {d} --overwrite`)") from None
+    redo = _prepare_again(d, meta)
     dtype = np.dtype(meta.get("dtype", "uint16"))
     arrays = {}
     for split in ("train", "val"):
         f = d / f"{split}.bin"
         if not f.is_file():
-            raise FileNotFoundError(f"data.path {d}: {f.name} is missing; re-run the preparation")
+            raise FileNotFoundError(f"data.path {d}: {f.name} is missing; {redo}")
+        # the size is checked before mapping: a truncated file is named, not a numpy error (or a silently
+        # shorter split when it was cut at a token boundary)
+        size, want = f.stat().st_size, meta.get(f"{split}_tokens")
+        if (want is not None and size != want * dtype.itemsize) or size % dtype.itemsize or size == 0:
+            said = f"meta.json says {want:,} {dtype.name} tokens ({want * dtype.itemsize:,} bytes)" \
+                if want is not None else f"not a whole number of {dtype.name} tokens"
+            raise DamagedFileError(f"data.path {d}: {f.name} is {size:,} bytes but {said}: the file is truncated "
+                                   f"or damaged; {redo}")
         arrays[split] = np.memmap(f, dtype=dtype, mode="r")
-    tok = load_tokenizer(d / meta.get("tokenizer", "tokenizer.json"))
-    for split in ("train", "val"):
-        want = meta.get(f"{split}_tokens")
-        if want is not None and want != len(arrays[split]):
-            raise ValueError(f"data.path {d}: {split}.bin holds {len(arrays[split])} tokens but meta.json says "
-                             f"{want}; the directory is damaged, re-run the preparation")
+    tok_path = d / meta.get("tokenizer", "tokenizer.json")
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"data.path {d}: {tok_path.name} is missing (the tokenizer its tokens were "
+                                f"encoded with); {redo}")
+    tok = load_tokenizer(tok_path)
     td = TokenData(arrays["train"], arrays["val"], tok, str(d), str(meta.get("fingerprint", "")))
     # document start offsets per split, recorded by `prepare` (the curriculum's examples); absent in older sets
     td.doc_starts = {s: np.load(d / f"{s}_docs.npy") for s in ("train", "val") if (d / f"{s}_docs.npy").is_file()}
     return td
+
+
+def _prepare_again(d: Path, meta: dict) -> str:
+    """What to do about a damaged prepared directory: the preparation command, from what meta.json recorded."""
+    inputs = " ".join(meta.get("inputs") or ["INPUT"])
+    spec = meta.get("tokenizer_spec") or "char"
+    return (f"prepare it again: `python -m foundry.data prepare --input {inputs} --tokenizer {spec} --out {d} "
+            f"--overwrite`")
 
 
 def random_batch(data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator):

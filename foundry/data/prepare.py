@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from foundry.data.tokenize import CharTokenizer, parse_tokenizer_spec, tokenizer_from_json
+from foundry.safeio import FULL_ERRNOS, DiskFullError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -408,6 +409,7 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    kept = f"the existing {out} is unchanged" if out.exists() else "the partial directory was removed"
     try:
         t2 = time.perf_counter()
         with open(tmp / "train.bin", "wb") as f:
@@ -470,8 +472,11 @@ def prepare(inputs: list, tokenizer: str, out: str | os.PathLike, *, field: str 
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in FULL_ERRNOS:  # a full disk or a file-size limit, named
+            # the size: at most one token per character, plus the document starts
+            raise DiskFullError(out, sc.chars * dtype.itemsize + 8 * (sc.documents + 2), e, kept) from None
         raise
     total_s = time.perf_counter() - t0
     log(f"tokenizer {tok.kind} ({tok.vocab_size:,} tokens, {dtype.name}) fitted/loaded in {fit_s:.2f}s; "

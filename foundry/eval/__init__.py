@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from foundry.eval.spec import TaskError, TaskSpec, all_tasks, get_task, task_names
+from foundry.safeio import write_text_atomic
 
 __all__ = ["evaluate", "TaskError", "TaskSpec", "all_tasks", "get_task", "task_names", "format_summary"]
 
@@ -117,21 +119,22 @@ def format_summary(s: dict) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    """Atomically (safeio): on a full disk DiskFullError names the file and the previous one stays."""
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def _read_json(path: Path) -> dict:
+    """The earlier results.json, which this evaluation adds to; a damaged one is kept aside, named."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        print(f"warning: {path} is damaged ({e}); kept as {aside.name}, a new one is written", file=sys.stderr)
         return {}

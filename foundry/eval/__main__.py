@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("TARGET and --tasks are required (or --list / score / compare)")
     from foundry.eval import TaskError, evaluate
     from foundry.eval.lm import TargetError
+    from foundry.safeio import DamagedFileError, DiskFullError
 
     options: dict = {}
     for text in a.option:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                            device=a.device, data_dir=a.data_dir, batch_size=a.batch_size,
                            allow_code_execution=a.allow_code_execution, seed=a.seed, options=options,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
-    except (TaskError, TargetError, FileNotFoundError, KeyError) as e:
+    except (TaskError, TargetError, FileNotFoundError, KeyError, DiskFullError, DamagedFileError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     from foundry.eval import format_summary
