@@ -332,5 +332,27 @@ def test_training_starts_from_the_checkpoint_weights_and_tokenizer(checkpoints, 
     with torch.no_grad():  # one step at lr 1e-9 leaves the pretrained model in place; a random start would not
         torch.testing.assert_close(run.model(_idx(T=16)), hf(_idx(T=16)).logits, atol=1e-4, rtol=0)
     assert json.loads(run.tokenizer.to_json())["tokenizer"] == json.loads((path / "tokenizer.json").read_text())
+    from foundry.zoo.__main__ import main
+
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0  # the CLI, from a run directory
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(again).__name__ == "Qwen2ForCausalLM"
+    assert_matches(again, run.model)
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == [2, 0]
     with pytest.raises(ConfigError, match="not tokenized with the base's tokenizer"):
         train(from_dict({**base, "data": {"path": None}, "out_dir": str(tmp_path / "run2")}), quiet=True)
+
+
+def test_cli_list_and_info_report_what_is_found(checkpoints, places, capsys):
+    from foundry.zoo.__main__ import main
+
+    zoo, _ = places
+    shutil.copytree(checkpoints["gpt2"][1], zoo / "gpt2")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert f"gpt2" in out and str(zoo / "gpt2") in out and "8.03B" in out and "not found" in out
+    assert main(["info", "gpt2"]) == 0
+    assert "GPT2LMHeadModel" in capsys.readouterr().out
+    assert main(["info", "qwen2-7b"]) == 1  # described from the named config, and where it was looked for
+    out = capsys.readouterr().out
+    assert "7.62B" in out and "models--Qwen--Qwen2-7B-Instruct" in out

@@ -14,6 +14,7 @@ COMMANDS = {
     "lr_finder": ("foundry.cli.lr_finder", "learning-rate range test"),
     "generate": ("foundry.generate", "continue a prompt with a run or a zoo checkpoint, streamed"),
     "chat": ("foundry.chat", "talk to a run or a zoo checkpoint (its chat template, its stop ids)"),
+    "zoo": ("foundry.zoo.__main__", "pretrained checkpoints: list, info, export to Hugging Face"),
 }
 
 

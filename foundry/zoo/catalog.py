@@ -142,7 +142,7 @@ def candidates(name: str) -> list[Path]:
     root, hub = zoo_root(), hub_cache()
     out = [root / name] if "/" not in name else []
     out += [root / r.split("/")[-1] for r in repos if root / r.split("/")[-1] not in out]
-    out += [hub / ("models--" + r.replace("/", "--")) for r in repos if "/" in r]
+    out += [hub / ("models--" + r.replace("/", "--")) for r in repos]
     return out
 
 

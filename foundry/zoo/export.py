@@ -77,6 +77,8 @@ def save_hf(model, out_dir: str | os.PathLike, *, tokenizer=None, chat_template:
         chat_template = chat_template if chat_template is not None else p.chat_template
         stop_ids = stop_ids if stop_ids is not None else p.stop_ids
         architecture = architecture or p.architecture
+    if tokenizer is False:  # explicitly none, even for a Pretrained
+        tokenizer = None
     cfg = model.cfg
     arch = choose_architecture(cfg, architecture)
     out = Path(out_dir)
