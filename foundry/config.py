@@ -33,6 +33,51 @@ from foundry.registry import closest, suggest
 from foundry.safeio import write_text_atomic  # noqa: F401 (re-exported; full disks named there)
 
 
+class FrozenDict(dict):
+    """A dict that refuses changes (a config's mappings); still a dict to json, isinstance, pickle and copy."""
+
+    def _refuse(self, *a, **k):
+        raise TypeError("a config's mappings are frozen; make a changed copy with cfg.replace({...})")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+
+# yaml.safe_dump writes a config's frozen mappings (e.g. a copy of its lineage) as plain mappings
+yaml.SafeDumper.add_representer(FrozenDict, yaml.representer.SafeRepresenter.represent_dict)
+
+
+class _Frozen:
+    """A frozen dataclass whose lists and mappings are frozen too: lists become tuples and mappings
+    FrozenDicts, all the way down, so `cfg.eval.tasks.append(...)` or `cfg.lineage["x"] = ...` fails instead
+    of changing a config that was validated and hashed."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _freeze(getattr(self, f.name)))
+
+
+def _freeze(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return FrozenDict({k: _freeze(x) for k, x in v.items()})
+    return v
+
+
+def _thaw(v):
+    """Plain lists and dicts again (for YAML, JSON and edits of a copy)."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _thaw(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (list, tuple)):
+        return [_thaw(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _thaw(x) for k, x in v.items()}
+    return v
+
+
 class ConfigError(ValueError):
     """A config that cannot be used; the message names where (file, key path) and what to do."""
 
@@ -96,7 +141,7 @@ class HybridConfig:
 
 
 @dataclass(frozen=True)
-class SlidingWindowConfig:
+class SlidingWindowConfig(_Frozen):
     """Local attention over the last `window` tokens. `pattern` is cycled over layers: S = sliding, L = global.
     `layers`, when not empty, gives each layer its own window instead (n_layer entries, each a window >= 1 or
     null for global attention), as checkpoints that mix window sizes per layer need (Qwen2's max_window_layers)."""
@@ -198,7 +243,7 @@ class MoEConfig:
 # The model
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Frozen):
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: Optional[int] = None      # None: = n_head (MHA); fewer for GQA, 1 for MQA
@@ -407,6 +452,16 @@ class TrainingConfig:
         _require(self.grad_clip >= 0, p + ".grad_clip", "must be >= 0 (0 = off)")
         _require(self.warmup_iters >= 0, p + ".warmup_iters", "must be >= 0")
         _require(self.lr_decay_iters is None or self.lr_decay_iters >= 1, p + ".lr_decay_iters", "must be >= 1")
+        # The warmup must end before the schedule does. A run may stop before its schedule's end (halving's
+        # early rungs train to max_iters along a schedule of lr_decay_iters), so with lr_decay_iters set the
+        # bound is lr_decay_iters; without it the schedule ends at max_iters.
+        if self.warmup_iters:
+            end, name = ((self.lr_decay_iters, "lr_decay_iters") if self.lr_decay_iters is not None
+                         else (self.max_iters, "max_iters"))
+            _require(self.warmup_iters < end, p + ".warmup_iters",
+                     f"warmup_iters={self.warmup_iters} >= {name}={end}: the learning rate would never leave "
+                     f"its warmup (the peak {self.learning_rate:g} is reached at warmup_iters); make warmup_iters "
+                     f"smaller than {name}" + (f", e.g. {end // 10}," if end >= 10 else "") + " or 0")
         _require(0 < self.decay_frac <= 1, p + ".decay_frac", "must be in (0, 1]")
         _require(self.num_threads >= 0, p + ".num_threads", "must be >= 0")
         _require(self.fsdp_min_params >= 0, p + ".fsdp_min_params", "must be >= 0")
@@ -436,24 +491,34 @@ class DataConfig:
     reserved: int = 0                    # the file's first N records are left to evaluation (hh_rlhf scores the first --limit)
 
     def check(self, p: str = "data") -> None:
+        _require(self.curriculum != "loss" or bool(self.curriculum_model), p + ".curriculum_model",
+                 "curriculum 'loss' orders the data by a reference model's loss: set data.curriculum_model to "
+                 "that model's run directory, or use curriculum 'length' or 'none'")
+        _require(self.curriculum_model is None or self.curriculum == "loss", p + ".curriculum_model",
+                 f"is read only by curriculum 'loss' (curriculum is {self.curriculum!r}); remove it or set "
+                 f"data.curriculum: loss")
         _require(self.val_examples >= 1, p + ".val_examples", "must be >= 1")
         _require(self.reserved >= 0, p + ".reserved", "must be >= 0")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Frozen):
     tasks: list = field(default_factory=list)
     limit: Optional[int] = None
     num_fewshot: Optional[int] = None
 
     def check(self, p: str = "eval") -> None:
         _require(all(isinstance(t, str) for t in self.tasks), p + ".tasks", "must be a list of task names")
+        known = eval_task_names()
+        for t in self.tasks:
+            _require(t in known, p + ".tasks", f"unknown task {t!r}{suggest(t, known)} (known: {', '.join(known)}; "
+                                                f"`python -m foundry.eval --list` describes them)")
         _require(self.limit is None or self.limit >= 1, p + ".limit", "must be >= 1")
         _require(self.num_fewshot is None or self.num_fewshot >= 0, p + ".num_fewshot", "must be >= 0")
 
 
 @dataclass(frozen=True)
-class LoRAConfig:
+class LoRAConfig(_Frozen):
     """Low-rank adapters (Hu et al. 2021) on the nn.Linear layers whose names match `targets` (module paths
     such as `attn.qkv`, `mlp.fc`, or fnmatch globs like `blocks.0.*`); the base weights are frozen. rank 0 =
     no LoRA. The update is (alpha / rank) * B A, B starting at zero (foundry/lora.py)."""
@@ -471,7 +536,7 @@ class LoRAConfig:
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Frozen):
     base_model: Literal["v1", "v2"] = "v1"
     model_args: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -495,7 +560,7 @@ class ExperimentConfig:
         _require(bool(self.out_dir), "out_dir", "must not be empty")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _thaw(self)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -548,15 +613,45 @@ def _apply_preset(raw: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key repeated in one mapping is an error (YAML 1.2 forbids it; PyYAML keeps
+    the last silently, so a second `learning_rate:` lower down would win unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:                                   # an unhashable key: PyYAML's own error follows
+                continue
+            if first is not None:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} repeats the one on line "
+                                  f"{first + 1} of the same mapping; YAML would keep the second silently: "
+                                  f"keep one of them")
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_strict(path: Path) -> Any:
+    """A YAML file's content, refusing repeated keys (ConfigError naming the file and both lines)."""
+    try:
+        return yaml.load(path.read_text(), Loader=StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def load_experiment(path: str | os.PathLike, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read an experiment YAML, apply `key.path=value` overrides, fill the preset, validate strictly."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml_strict(path)
+    if raw is None:
+        raise ConfigError(f"{path}: the experiment file is empty; an experiment names at least its model or its "
+                          f"training (copy experiments/baseline.yaml to start from the defaults)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     try:
@@ -774,6 +869,23 @@ def check_component(family: str, name: str, keypath: str) -> None:
             return
     raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, sorted(known))} "
                       f"(known: {', '.join(sorted(known))})")
+
+
+_EVAL_TASKS: list[str] | None = None
+
+
+def eval_task_names() -> list[str]:
+    """The evaluation task names (`name:` of foundry/eval/tasks/*.yaml), read as YAML without importing the
+    evaluation package (and torch): the config checks eval.tasks at load like any other key."""
+    global _EVAL_TASKS
+    if _EVAL_TASKS is None:
+        names = []
+        for f in sorted((Path(__file__).parent / "eval" / "tasks").glob("*.yaml")):
+            spec = yaml.safe_load(f.read_text())
+            if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+                names.append(spec["name"])
+        _EVAL_TASKS = sorted(names)
+    return _EVAL_TASKS
 
 
 def scaffolded_names(family: str) -> list[str]:

@@ -57,6 +57,16 @@ def test_unknown_keys_everywhere(tmp_path, data, words):
     ({"training": {"min_lr": 1.0, "learning_rate": 0.1}}, ["training.min_lr"]),
     ({"training": {"device": "gpu"}}, ["training.device"]),
     ({"base_model": "v3"}, ["base_model", "v1"]),
+    # schedule contradictions: the warmup must end before the schedule does
+    ({"training": {"max_iters": 50, "warmup_iters": 50}}, ["training.warmup_iters", "max_iters=50", "never"]),
+    ({"training": {"max_iters": 50}}, ["training.warmup_iters", "warmup_iters=100 >= max_iters=50"]),
+    ({"training": {"max_iters": 500, "warmup_iters": 100, "lr_decay_iters": 80}},
+     ["training.warmup_iters", ">= lr_decay_iters=80"]),
+    ({"training": {"max_iters": 500, "warmup_iters": 100, "lr_decay_iters": 100}}, ["lr_decay_iters=100"]),
+    # the data and eval sections, checked at load like the others
+    ({"data": {"curriculum": "loss"}}, ["data.curriculum_model", "reference model"]),
+    ({"data": {"curriculum_model": "runs/ref"}}, ["data.curriculum_model", "only by curriculum 'loss'"]),
+    ({"eval": {"tasks": ["mmlu", "gsm8kk"]}}, ["eval.tasks", "'gsm8kk'", "did you mean 'gsm8k'"]),
 ])
 def test_bad_values_fail_with_reason(tmp_path, data, words):
     with pytest.raises(ConfigError) as e:
@@ -95,7 +105,7 @@ def test_yaml_scientific_notation_without_dot_is_a_number(tmp_path):
 
 @pytest.mark.parametrize("base", list(PRESETS))
 def test_resolved_config_round_trips(tmp_path, base):
-    cfg = from_dict({"base_model": base, "model_args": {"n_head": 4}, "training": {"max_iters": 7}})
+    cfg = from_dict({"base_model": base, "model_args": {"n_head": 4}, "training": {"max_iters": 7, "warmup_iters": 2}})
     p = tmp_path / "resolved.yaml"
     p.write_text(cfg.to_yaml())
     back = load_experiment(p)
@@ -103,9 +113,22 @@ def test_resolved_config_round_trips(tmp_path, base):
 
 
 def test_frozen_and_replace_validates():
-    cfg = from_dict({})
+    cfg = from_dict({"eval": {"tasks": ["mmlu"]}, "model_args": {"extra": {"k": [1, 2]}},
+                     "lineage": {"history": ["lr x2"]}})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model_args.n_layer = 9
+    # its lists and mappings are frozen too, all the way down
+    for change in (lambda: cfg.eval.tasks.append("gsm8k"), lambda: cfg.lora.targets.append("mlp.fc"),
+                   lambda: cfg.plugins.append("x.py"), lambda: cfg.model_args.sliding_window.layers.append(3),
+                   lambda: cfg.model_args.extra.update(k=3), lambda: cfg.model_args.extra["k"].append(3),
+                   lambda: cfg.lineage.setdefault("parent", "x"), lambda: cfg.lineage["history"].append("x")):
+        with pytest.raises((AttributeError, TypeError)):
+            change()
+    assert ExperimentConfig().eval.tasks == () and cfg.hash() == from_dict(cfg.to_dict()).hash()
+    assert cfg.to_dict()["lineage"] == {"history": ["lr x2"]} and "- lr x2" in cfg.to_yaml()
+    import copy
+    import pickle
+    assert pickle.loads(pickle.dumps(cfg)) == cfg == copy.deepcopy(cfg)
     assert cfg.replace(["model_args.n_layer=9"]).model_args.n_layer == 9
     with pytest.raises(ConfigError):
         cfg.replace({"model_args.n_head": 5})
@@ -145,3 +168,40 @@ def test_every_config_field_is_documented_type():
         from_dict({}).to_dict()  # builds every block
         for f in dataclasses.fields(cls):
             assert f.type is not None
+
+
+def test_repeated_keys_are_refused_with_both_lines(tmp_path):
+    p = write(tmp_path, "training:\n  learning_rate: 1.0e-3\n  batch_size: 8\n  learning_rate: 3.0e-4\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'learning_rate'" in msg and "line 4" in msg and "line 2" in msg, msg
+    # at the top level, and in flow style
+    for text, lines in (("out_dir: a\nbase_model: v1\nout_dir: b\n", ("line 3", "line 1")),
+                        ("model_args: {n_layer: 2, n_layer: 3}\n", ("line 1", "line 1"))):
+        with pytest.raises(ConfigError, match="repeats") as e:
+            load_experiment(write(tmp_path, text))
+        assert all(x in str(e.value) for x in lines)
+    # the same key in two different mappings is fine
+    assert load_experiment(write(tmp_path, "model_args: {dropout: 0.0}\ntraining: {dropout: 1}\n"
+                                 .replace("training: {dropout: 1}", "data: {order: random}"))).data.order == "random"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "---\n"])
+def test_empty_experiment_file_is_refused(tmp_path, text):
+    with pytest.raises(ConfigError, match="empty"):
+        load_experiment(write(tmp_path, text))
+
+
+def test_schedules_that_stop_before_their_end_still_load():
+    # halving's early rungs train 20 iterations along a 200-iteration schedule: the warmup bound is its end
+    cfg = from_dict({"training": {"max_iters": 20, "warmup_iters": 50, "lr_decay_iters": 200}})
+    assert cfg.training.warmup_iters == 50
+    assert from_dict({"training": {"max_iters": 5, "warmup_iters": 0}}).training.max_iters == 5
+
+
+def test_eval_task_names_come_from_the_task_folder():
+    from foundry.config import eval_task_names
+    stems = sorted(p.stem for p in (REPO / "foundry" / "eval" / "tasks").glob("*.yaml"))
+    assert eval_task_names() == stems and "mmlu" in stems
+    assert from_dict({"eval": {"tasks": ["mmlu", "gsm8k_cot"]}}).eval.tasks == ("mmlu", "gsm8k_cot")

@@ -24,7 +24,7 @@ def data_dir(tmp_path_factory):
 
 def _cfg(data_dir, **data):
     return from_dict({"model_args": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": 30},
-                      "training": {"max_iters": 100, "batch_size": 4, "seed": 3},
+                      "training": {"max_iters": 100, "warmup_iters": 10, "batch_size": 4, "seed": 3},
                       "data": {"path": str(data_dir), **data}})
 
 

@@ -78,7 +78,7 @@ def test_synth_command_end_to_end_with_a_tiny_trained_run(tmp_path):
     (tmp_path / "corpus.txt").write_text(corpus + "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n")
     prepare([tmp_path / "corpus.txt"], "char", tmp_path / "ds", log=lambda *a: None, workers=1)
     cfg = from_dict({"model_args": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64},
-                     "training": {"max_iters": 5, "batch_size": 4, "eval_interval": 5, "eval_iters": 1,
+                     "training": {"max_iters": 5, "warmup_iters": 1, "batch_size": 4, "eval_interval": 5, "eval_iters": 1,
                                   "log_interval": 5, "sample_tokens": 0, "device": "cpu"},
                      "data": {"path": str(tmp_path / "ds")}, "out_dir": str(tmp_path / "run")})
     train(cfg, quiet=True)

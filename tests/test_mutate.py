@@ -165,7 +165,7 @@ def test_lineage_chains_and_champion_is_the_new_baseline(exps, capsys):
     first = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["depth", "+1", "--from", str(first), "--experiments", str(exps)]) == 0
     second = load_experiment(capsys.readouterr().out.strip().splitlines()[-1])
-    assert second.lineage["history"] == ["lr x2", "depth +1"] and second.lineage["parent"] == str(first)
+    assert second.lineage["history"] == ("lr x2", "depth +1") and second.lineage["parent"] == str(first)
     champ = promote(second, exps, {"rule": "test", "p": 0.01})
     assert champ.name == "champion.yaml" and baseline_path(exps) == champ
     assert load_experiment(champ).lineage["promoted"]["p"] == 0.01
@@ -173,7 +173,7 @@ def test_lineage_chains_and_champion_is_the_new_baseline(exps, capsys):
     assert main(["warmup", "50", "--experiments", str(exps)]) == 0
     third = load_experiment(capsys.readouterr().out.strip().splitlines()[-1])
     assert third.lineage["parent"] == str(champ) and third.model_args.n_layer == second.model_args.n_layer
-    assert third.lineage["history"] == ["lr x2", "depth +1", "warmup 50"]
+    assert third.lineage["history"] == ("lr x2", "depth +1", "warmup 50")
     promote(third, exps, {"rule": "test"})
     assert (exps / "champion.1.yaml").is_file()  # the previous champion is kept
 

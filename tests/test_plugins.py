@@ -74,7 +74,7 @@ def test_plugin_file_registers_an_attention_that_trains_via_config(tmp_path, cle
     assert math.isfinite(summary["val_loss"])
     # the run's resolved config names the plugin, so the run loads back on its own
     again = config.from_dict(__import__("yaml").safe_load((tmp_path / "run" / "config.yaml").read_text()))
-    assert again.plugins == [str(plugin)] and again.model_args.attention == "probe_last3"
+    assert again.plugins == (str(plugin),) and again.model_args.attention == "probe_last3"
 
 
 def test_plugin_variant_really_is_used(tmp_path, cleanup):

@@ -56,7 +56,7 @@ def test_run_directory_metrics_and_summary(data_dir, tmp_path):
 
 def test_evaluate_is_cross_entropy_over_the_declared_windows(data_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = tiny_config(data_dir, out, **{"training.max_iters": 5, "training.eval_iters": 3})
+    cfg = tiny_config(data_dir, out, **{"training.max_iters": 5, "training.warmup_iters": 2, "training.eval_iters": 3})
     train(cfg, quiet=True)
     run = load_run(out, which="last")
     data = load_data(data_dir)
@@ -90,9 +90,10 @@ def test_extending_a_run_equals_running_it_once(data_dir, tmp_path):
 
 def test_a_different_experiment_in_the_same_out_dir_is_refused(data_dir, tmp_path):
     out = tmp_path / "run"
-    train(tiny_config(data_dir, out, **{"training.max_iters": 5}), quiet=True)
+    train(tiny_config(data_dir, out, **{"training.max_iters": 5, "training.warmup_iters": 2}), quiet=True)
     with pytest.raises(FileExistsError, match="different experiment"):
-        train(tiny_config(data_dir, out, **{"training.max_iters": 5, "training.learning_rate": 1e-2}), quiet=True)
+        train(tiny_config(data_dir, out, **{"training.max_iters": 5, "training.warmup_iters": 2,
+                                            "training.learning_rate": 1e-2}), quiet=True)
 
 
 def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
@@ -129,14 +130,14 @@ def test_gradient_accumulation_matches_the_full_batch(data_dir, tmp_path):
 
 
 def test_sequential_order_and_bf16_autocast_train(data_dir, tmp_path):
-    s = train(tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5, "data.order": "sequential",
+    s = train(tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5, "training.warmup_iters": 2, "data.order": "sequential",
                                                          "training.dtype": "bfloat16"}), quiet=True)
     assert math.isfinite(s["val_loss"])
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["dtype"] == "bfloat16"
 
 
 def test_loggers_are_optional_extras(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5})
+    cfg = tiny_config(data_dir, tmp_path / "run", **{"training.max_iters": 5, "training.warmup_iters": 2})
     with pytest.raises(ConfigError, match="unknown logger"):
         train(cfg, quiet=True, loggers=("mlflow",))
     try:
@@ -181,7 +182,7 @@ def test_command_line(data_dir, tmp_path, capsys):
     exp.write_text("base_model: v1\nmodel_args: {n_layer: 1, n_head: 2, n_embd: 32, block_size: 32}\n")
     sets = ["--set", f"data.path={data_dir}", "--set", f"out_dir={tmp_path / 'run'}", "--set", "training.max_iters=4",
             "--set", "training.eval_interval=2", "--set", "training.log_interval=1", "--set", "training.eval_iters=1",
-            "--set", "training.batch_size=2", "--set", "training.sample_tokens=4"]
+            "--set", "training.batch_size=2", "--set", "training.sample_tokens=4", "--set", "training.warmup_iters=1"]
     assert main([str(exp), *sets]) == 0
     printed = capsys.readouterr().out
     assert "iter      4/4" in printed and "tok/s" in printed and "ETA" in printed and "val bpb" in printed
@@ -198,6 +199,7 @@ def test_cli_runs_are_recorded_in_the_store(tmp_path, monkeypatch):
     monkeypatch.setenv("FOUNDRY_STORE", str(db))
     argv = [str(REPO / "experiments" / "baseline.yaml"), "--quiet", "--set", f"out_dir={tmp_path / 'run'}"]
     for s in ("model_args.n_layer=1", "model_args.n_embd=32", "model_args.block_size=16", "training.max_iters=2",
+              "training.warmup_iters=0",
               "training.eval_iters=1", "training.batch_size=2", "training.sample_tokens=0"):
         argv += ["--set", s]
     assert main(argv) == 0
@@ -210,7 +212,8 @@ def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_pa
     from foundry.config import from_dict
 
     base = from_dict({"model_args": dict(n_layer=1, n_head=2, n_embd=32, block_size=16),
-                      "training": dict(max_iters=2, eval_interval=2, eval_iters=1, batch_size=2, sample_tokens=0),
+                      "training": dict(max_iters=2, eval_interval=2, eval_iters=1, batch_size=2, sample_tokens=0,
+                                       warmup_iters=0),
                       "out_dir": str(tmp_path / "run")})
     train(base, quiet=True)
     more = base.replace({"training.max_iters": 4, "training.num_threads": 1, "training.log_interval": 1})
