@@ -33,6 +33,12 @@ CONFIGS = {
         vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
         tie_word_embeddings=False, use_sliding_window=False, bos_token_id=1, eos_token_id=2)),
+    # per-layer windows: layer 0 global, layer 1 a window of 6 (Qwen2's max_window_layers)
+    "qwen2_windows": ("Qwen2Config", "Qwen2ForCausalLM", dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+        tie_word_embeddings=True, use_sliding_window=True, sliding_window=6, max_window_layers=1,
+        bos_token_id=1, eos_token_id=2)),
     # learned positions, Conv1D weights, tanh GELU, tied head
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(
         vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
