@@ -25,7 +25,7 @@ def test_successive_halving_prunes_and_keeps_the_winner(tmp_path):
     # 5 x 20 + 3 x 40 iterations of 5 x 60: 73% of the compute
     assert res["compute"]["fraction"] == pytest.approx(220 / 300)
     report = (out / "report.md").read_text()
-    assert "| pruned | - | pruned at iteration 20 by successive halving" in report
+    assert "| pruned | - | - | - | pruned at iteration 20 by successive halving" in report
     assert "successive halving: eta 3, 2 rungs" in report
 
 
