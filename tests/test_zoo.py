@@ -275,11 +275,19 @@ def test_export_refuses_what_transformers_cannot_represent(kw, message, tmp_path
     assert not (tmp_path / "out").exists()
 
 
-def test_export_refuses_a_char_tokenizer_and_a_non_empty_directory(tmp_path):
+def test_a_char_tokenizer_exports_with_the_same_ids(tmp_path):
+    from foundry.data import embedded
     from foundry.data.tokenize import CharTokenizer
 
-    with pytest.raises(ZooError, match="tokenizer 'char' has no Hugging Face tokenizer.json form"):
-        save_hf(_model("v1"), tmp_path / "a", tokenizer=CharTokenizer().fit("abc"))
+    text = embedded.load_text()[:20000]
+    tok = CharTokenizer().fit(text)
+    out = save_hf(_model("v1"), tmp_path / "a", tokenizer=tok)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    assert hf_tok.decode(tok.encode(text)) == text
+
+
+def test_export_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "x").write_text("x")
     with pytest.raises(ZooError, match="exists and is not empty"):
@@ -356,3 +364,13 @@ def test_cli_list_and_info_report_what_is_found(checkpoints, places, capsys):
     assert main(["info", "qwen2-7b"]) == 1  # described from the named config, and where it was looked for
     out = capsys.readouterr().out
     assert "7.62B" in out and "models--Qwen--Qwen2-7B-Instruct" in out
+
+
+def test_the_zoo_example_experiment_resolves_its_checkpoint(checkpoints, places):
+    from foundry.config import load_experiment
+
+    zoo, _ = places
+    shutil.copytree(checkpoints["llama"][1], zoo / "smollm2-135m")
+    exp = Path(__file__).resolve().parents[1] / "experiments" / "zoo_smollm2.yaml"
+    cfg = load_experiment(exp, ["model_args.block_size=64"])
+    assert cfg.init_from == "smollm2-135m" and cfg.model_args.head_dim == 12 and cfg.model_args.block_size == 64

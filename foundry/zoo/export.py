@@ -37,6 +37,18 @@ def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, to
     return shards
 
 
+def _char_tokenizer(chars: list[str]) -> dict:
+    """foundry's character tokenizer as a Hugging Face tokenizer.json: every character split off alone, looked up
+    in a word-level vocabulary with foundry's ids, joined back without separators. A character outside the
+    alphabet is an error there too ("<unk>" is deliberately not in the vocabulary)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return json.loads(tok.to_str())
+
+
 def _tokenizer_files(tokenizer, chat_template: str | None, block_size: int) -> dict[str, str]:
     if tokenizer is None:
         return {}
@@ -44,6 +56,8 @@ def _tokenizer_files(tokenizer, chat_template: str | None, block_size: int) -> d
         wrapped = json.loads(tokenizer.to_json())
     except AttributeError:
         wrapped = {}
+    if wrapped.get("type") == "char":
+        wrapped = {"type": "bpe", "special_tokens": {}, "tokenizer": _char_tokenizer(wrapped["chars"])}
     if wrapped.get("type") != "bpe" or "tokenizer" not in wrapped:
         raise ZooError(f"tokenizer {getattr(tokenizer, 'kind', type(tokenizer).__name__)!r} has no Hugging Face "
                        f"tokenizer.json form; export with tokenizer=None (weights and config only), or train with a "
