@@ -217,9 +217,19 @@ def read_jsonl(path: str | os.PathLike, what_to_do: str = "", warn=None) -> list
         except ValueError:
             if i < len(lines) - 1:   # a line that ended with a newline was written whole: it was damaged since
                 bad.append(i + 1)
-    if bad:
+    if bad and (warn is not None or (str(p.absolute()), bad[0]) not in _WARNED):
+        _WARNED.add((str(p.absolute()), bad[0]))  # a file polled for progress is reported once, not every poll
         warn = warn or (lambda msg: print(msg, file=sys.stderr))
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         warn(f"warning: {p}: line {bad[0]}{more} is not a JSON object (the file is damaged); skipped"
              + (f". {what_to_do}" if what_to_do else ""))
     return rows
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def read_metrics(path: str | os.PathLike, warn=None) -> list[dict]:
+    """Rows of a run's metrics.jsonl (foundry.train, the sweep and compare read it through this)."""
+    return read_jsonl(path, "Re-running the command that trained the run continues it from its last checkpoint "
+                            "and rewrites the lines after it", warn)

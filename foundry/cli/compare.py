@@ -27,6 +27,11 @@ class Run:
     def __init__(self, path: Path):
         cfg_path = path / "config.yaml"
         if not cfg_path.is_file():
+            copy = next((c / "config.yaml" for c in (path / "ckpt_last", path / "ckpt_best")
+                         if (c / "config.yaml").is_file()), None)
+            if copy is not None:  # a run directory that lost its config.yaml: each checkpoint holds a copy
+                raise FileNotFoundError(f"{cfg_path} is missing; its checkpoint holds a copy: `cp {copy} "
+                                        f"{cfg_path}` (or re-run the training command, which writes it again)")
             raise FileNotFoundError(f"{path}: not a run directory (no config.yaml); give directories that "
                                     f"`python -m foundry.train` wrote")
         self.path = path
@@ -34,7 +39,12 @@ class Run:
         self.cfg = from_dict(self.raw)
         self.rows = read_metrics(path / "metrics.jsonl")
         summary = path / "summary.json"
-        self.summary = json.loads(summary.read_text()) if summary.is_file() else {}
+        try:
+            self.summary = json.loads(summary.read_text()) if summary.is_file() else {}
+        except ValueError as e:  # damaged: the final numbers come from metrics.jsonl instead
+            print(f"warning: {summary} is damaged ({e}); using metrics.jsonl. Re-running the training command "
+                  f"writes it again", file=sys.stderr)
+            self.summary = {}
         self.train = sorted({r["iter"]: r["loss"] for r in self.rows if "loss" in r and "iter" in r}.items())
         self.val = sorted({r["iter"]: r["val_bpb"] for r in self.rows if "val_bpb" in r}.items())
         self.val_loss = sorted({r["iter"]: r["val_loss"] for r in self.rows if "val_loss" in r}.items())

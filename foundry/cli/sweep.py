@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="sweep directory (default: runs/sweep_<type>_<variants>)")
     p.add_argument("--store", default=None, metavar="PATH",
                    help="experiment store (default: $FOUNDRY_STORE or runs/foundry.sqlite)")
+    _decision_args(p)
+    return p
+
+
+def _decision_args(p: argparse.ArgumentParser) -> None:
+    """Halving, the promotion rule, the search, where trials run."""
     p.add_argument("--halving", action="store_true",
                    help="successive halving: stop hopeless mutants early against the paired baseline curve")
     p.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta at each rung (default 3)")
@@ -85,7 +91,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", type=float, default=30.0, metavar="S",
                    help="seconds between progress tables when stdout is not a terminal (default 30)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-    return p
 
 
 def default_out(type_name: str, variants: list[str]) -> str:
@@ -108,15 +113,17 @@ def main(argv: list[str] | None = None) -> int:
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
                         executor=args.executor, cluster=args.cluster, threads=args.threads,
                         progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet)
+    from foundry.interrupt import EXIT_CODE, Interrupted, signals_interrupt
     try:
-        run_sweep(opts)
+        with signals_interrupt():  # SIGTERM (a scheduler's warning) stops the workers as Ctrl-C does
+            run_sweep(opts)
     except (SweepError, MutationError, ConfigError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: finished trials are recorded; run the same command again to resume "
-              f"({opts.out})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted{' by SIGTERM' if isinstance(e, Interrupted) else ''}: finished trials are recorded; "
+              f"run the same command again to resume ({opts.out})", file=sys.stderr)
+        return EXIT_CODE if isinstance(e, Interrupted) else 130
     return 0
 
 

@@ -13,11 +13,11 @@ Nothing here runs a trial; only `seconds` budgets time a short probe (resolve_it
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from foundry.config import ExperimentConfig
+from foundry.safeio import read_metrics  # noqa: F401 (re-exported: the sweep's reader)
 
 
 class SweepError(ValueError):
@@ -276,19 +276,3 @@ def rung_iters(final: int, eta: int, rungs: int) -> list[int]:
     """Iterations at each rung of successive halving: final / eta^(R-1), ..., final / eta, final."""
     out = [max(1, int(round(final / eta ** (rungs - 1 - k)))) for k in range(rungs)]
     return sorted(set(out))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's metrics.jsonl, skipping a torn line (torch-free twin of foundry.train.read_metrics, so
-    the sweep process itself never imports torch)."""
-    rows = []
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return rows
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows

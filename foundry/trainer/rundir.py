@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from foundry.config import ExperimentConfig, from_dict, write_text_atomic
-from foundry.safeio import LineLog, read_jsonl
+from foundry.safeio import LineLog, read_metrics
 
 
 class MetricsLog:
@@ -44,13 +44,6 @@ class MetricsLog:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-
-def read_metrics(path: str | os.PathLike, warn=None) -> list[dict]:
-    """Rows of a metrics.jsonl. A torn last line left by a kill is dropped; a damaged line before it is
-    skipped and named (file and line) on stderr."""
-    return read_jsonl(path, "Re-running the training command rewrites the lines after its last checkpoint",
-                      warn)
 
 
 def truncate_metrics(path: Path, last_iter: int) -> None:
