@@ -2,13 +2,13 @@
 compute; trials also run through submitit's local executor and a local Ray instance (when installed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sqlite3
 
 import pytest
 
 from foundry.sweep.runner import SweepOptions, run_sweep
+from conftest import require_extra
 from tests.test_sweep import tiny_base
 
 
@@ -29,9 +29,8 @@ def test_successive_halving_prunes_and_keeps_the_winner(tmp_path):
     assert "successive halving: eta 3, 2 rungs" in report
 
 
-@pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason="submitit not installed (pip install "
-                                                                         "'foundry[submitit]')")
 def test_submitit_local_executor(tmp_path):
+    require_extra("submitit", "submitit")
     out = tmp_path / "sw"
     res = run_sweep(SweepOptions(type="lr", variants=["x10"], base=str(tiny_base(tmp_path)), seeds=1, jobs=2,
                                  out=str(out), store=str(tmp_path / "s.sqlite"), executor="submitit", cluster="local",
@@ -41,8 +40,8 @@ def test_submitit_local_executor(tmp_path):
     assert list((out / "submitit").glob("*_log.out"))  # submitit ran the jobs and kept their logs
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray not installed (pip install 'foundry[ray]')")
 def test_ray_local_instance(tmp_path):
+    require_extra("ray", "ray")
     out = tmp_path / "sw"
     res = run_sweep(SweepOptions(type="lr", variants=["x10"], base=str(tiny_base(tmp_path)), seeds=1, jobs=2,
                                  out=str(out), store=str(tmp_path / "s.sqlite"), executor="ray",

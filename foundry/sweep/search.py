@@ -67,7 +67,10 @@ def _variant(space: Space, x: float) -> str:
 
 def run_tpe(sweep) -> None:
     """Ask, train on the screening seeds, tell, until --trials are done; appends each trial to sweep.cands."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise RuntimeError("--search tpe needs optuna: pip install 'foundry[search]'") from None
     from optuna.distributions import FloatDistribution, IntDistribution
     from optuna.trial import TrialState
     FAIL = TrialState.FAIL
