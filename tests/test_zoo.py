@@ -374,3 +374,20 @@ def test_the_zoo_example_experiment_resolves_its_checkpoint(checkpoints, places)
     exp = Path(__file__).resolve().parents[1] / "experiments" / "zoo_smollm2.yaml"
     cfg = load_experiment(exp, ["model_args.block_size=64"])
     assert cfg.init_from == "smollm2-135m" and cfg.model_args.head_dim == 12 and cfg.model_args.block_size == 64
+
+
+def test_mutate_accepts_an_init_from_experiment_and_refuses_an_architecture_change(checkpoints, tmp_path):
+    import yaml
+
+    from foundry.config import load_experiment
+    from foundry.mutate.__main__ import main as mutate
+
+    exp = tmp_path / "ft.yaml"
+    exp.write_text(yaml.safe_dump({"init_from": str(checkpoints["mistral"][1]), "model_args": {"block_size": 32},
+                                   "out_dir": str(tmp_path / "runs" / "ft")}))
+    assert mutate(["lr", "x3", "--from", str(exp), "--out", str(tmp_path / "lr.yaml")]) == 0
+    child = load_experiment(tmp_path / "lr.yaml")
+    assert child.init_from == str(checkpoints["mistral"][1]) and child.model_args.sliding_window.window == 8
+    assert child.training.learning_rate == 3 * load_experiment(exp).training.learning_rate
+    assert mutate(["attention", "mla", "--from", str(exp), "--out", str(tmp_path / "mla.yaml")]) != 0
+    assert not (tmp_path / "mla.yaml").exists()
