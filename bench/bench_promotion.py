@@ -1,6 +1,14 @@
 """Promotion-rule simulation for BENCHMARKS.md (## Promotion): false-promotion rate and power (numpy, seconds).
 
-    python bench/bench_promotion.py [--sims 10000] [--out bench_promotion.json]
+    python bench/bench_promotion.py [--sims 10000] [--out bench_promotion.json]      # the simulation
+    python bench/bench_promotion.py real [--repeats 20] [--only null,nudge,planted,adaptive,tpe]
+
+`real` runs `python -m foundry.cli.sweep` on a tiny config (2 layers, 32 wide, 60 steps, the repo's default
+data) and appends one JSON line per sweep to bench_promotion_real.jsonl: `null` (baseline vs 6 `seed` copies,
+--promote), `nudge` (6 learning-rate nudges of 0.1-0.3%), `planted` (lr x10 fixes a 10x too small rate, with two
+worse mutants), `adaptive` (fixed vs --adaptive on the null and the planted case, 5 seeds), `tpe` (--search tpe
+with 4 trials vs a 4-point log grid over x1..x100 at the same compute). Each repeat shifts training.seed so
+the sweeps are independent.
 
 Synthetic sweeps of the baseline and K mutants. The validation bits per byte of candidate j on seed s is
     y[j, s] = -gain_j + u_s + e[j, s],   u_s ~ N(0, 1) shared by every candidate on seed s (init, data order),
@@ -261,7 +269,86 @@ def _setting(rng, N, K, S, halving) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# Real sweeps
+# --------------------------------------------------------------------------------------------------
+TINY = """\
+base_model: v1
+model_args: {n_layer: 2, n_head: 2, n_embd: 32, block_size: 32, bias: false}
+training: {max_iters: 60, learning_rate: 3.0e-4, min_lr: 3.0e-5, batch_size: 8, warmup_iters: 10,
+           eval_interval: 30, eval_iters: 2, log_interval: 10, sample_tokens: 0, device: cpu}
+out_dir: runs/tiny
+"""
+
+REAL = {"null": (["seed", "1000", "2000", "3000", "4000", "5000", "6000"], ["--seeds", "3"]),
+        "nudge": (["lr", "x1.001", "x1.002", "x1.003", "x0.999", "x0.998", "x0.997"], ["--seeds", "3"]),
+        "planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "3"]),
+        "adaptive-null": (["seed", "1000", "2000", "3000"], ["--seeds", "5"]),
+        "adaptive-planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "5"]),
+        "tpe": (["lr", "x1", "x100"], ["--seeds", "2", "--search", "tpe", "--trials", "4"]),
+        "grid": (["lr", "x1", "x4.64", "x21.5", "x100"], ["--seeds", "2"])}
+
+
+def real_sweep(work: Path, name: str, args: list[str], rep: int) -> dict:
+    import shutil
+    import subprocess
+    d = work / f"{name}_{rep}"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    (d / "tiny.yaml").write_text(TINY)
+    cmd = [sys.executable, "-m", "foundry.cli.sweep", *args, "--base", str(d / "tiny.yaml"), "--jobs", "2",
+           "--threads", "1", "--set", f"training.seed={1337 + 1000 * rep}", "--out", str(d / "sweep"),
+           "--store", str(d / "store.sqlite"), "--experiments", str(d / "experiments"), "--promote", "--quiet"]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        return {"name": name, "rep": rep, "error": (r.stdout + r.stderr)[-2000:]}
+    res = json.loads((d / "sweep" / "results.json").read_text())
+    dec = res["decision"]
+    best_bpb = min((sum(v["val_bpb"]) / len(v["val_bpb"]), k) for k, v in res["results"].items()
+                   if v.get("status") == "done" and k != "baseline")
+    return {"name": name, "rep": rep, "cmd": " ".join(cmd[1:]), "seconds": round(time.perf_counter() - t, 1),
+            "promoted": dec["promote"], "winner": dec["winner"], "verdict": dec["verdict"], "margin": dec["margin"],
+            "screen_gain": dec["screening"].get(dec["winner"] or "", {}).get("mean"),
+            "test": {k: dec["test"].get(k) for k in ("n", "mean", "t", "t_crit", "p")} if dec["test"] else None,
+            "noise": dec["noise"], "tokens": dec["compute"]["tokens"], "fixed_tokens": dec["compute"]["fixed_tokens"],
+            "best_mutant": best_bpb[1], "best_mutant_bpb": best_bpb[0],
+            "lr": {k: v.get("mutation") for k, v in res["results"].items()}}
+
+
+def real(argv) -> int:
+    ap = argparse.ArgumentParser(prog="bench_promotion.py real")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--only", default="nudge,null,planted,adaptive,tpe")
+    ap.add_argument("--work", default="runs/bench_promotion")
+    ap.add_argument("--out", default="bench_promotion_real.jsonl")
+    a = ap.parse_args(argv)
+    plan = []
+    for part in a.only.split(","):
+        if part in ("null", "nudge"):
+            plan += [(part, REAL[part][0] + REAL[part][1], r) for r in range(a.repeats)]
+        elif part == "planted":
+            plan += [(part, REAL[part][0] + REAL[part][1], r) for r in range(3)]
+        elif part == "adaptive":
+            for case in ("adaptive-null", "adaptive-planted"):
+                for r in range(3):
+                    plan += [(f"{case}-{m}", REAL[case][0] + REAL[case][1] + extra, r)
+                             for m, extra in (("fixed", []), ("adaptive", ["--adaptive"]))]
+        elif part == "tpe":
+            plan += [(k, REAL[k][0] + REAL[k][1], r) for r in range(3) for k in ("grid", "tpe")]
+    for name, args, rep in plan:
+        row = real_sweep(Path(a.work), name, args, rep)
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row.get(k) for k in ("name", "rep", "promoted", "winner", "verdict", "seconds",
+                                                   "best_mutant", "best_mutant_bpb", "error")}), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["real"]:
+        return real(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sims", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)

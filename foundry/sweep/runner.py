@@ -192,10 +192,11 @@ class Sweep:
         """Run the screening seeds; returns how many each finalist ran. Adaptive: every finalist starts on
         MIN_SCREEN seeds and only the mutants still open (decision.screen_open) get one more at a time."""
         S = self.seeds.screen
-        n = {c.label: (min(D.MIN_SCREEN, S) if self.opts.adaptive else S) for c in finalists}
+        adaptive = self.opts.adaptive and self.opts.search == "grid"  # a search ran its trials on every seed
+        n = {c.label: (min(D.MIN_SCREEN, S) if adaptive else S) for c in finalists}
         while True:
             self.run_seeds({k: self.seeds.screening(v) for k, v in n.items()})
-            if not self.opts.adaptive:
+            if not adaptive:
                 return n
             tests, margin, _, _ = self._screening_view(finalists, n)
             open_ = D.screen_open(tests, margin, S)
