@@ -160,33 +160,21 @@ def _decoder_hf(m: ModelConfig, arch: str, model_type: str) -> dict:
             "tie_word_embeddings": m.tie_embeddings, "attention_dropout": m.dropout, **_rope_to_hf(m)}
 
 
-def _decoder_refusals(m: ModelConfig, name: str) -> list[str]:
-    """What a Llama-family decoder cannot represent, each as '<component> has no <name> equivalent'."""
-    out = []
-    if m.attention not in ("mha", "gqa", "sliding_window"):
-        out.append(f"attention {m.attention!r} has no {name} equivalent (it supports mha, gqa"
-                   f"{', sliding_window' if name != 'Llama' else ''})")
-    if m.position != "rope":
-        out.append(f"position {m.position!r} has no {name} equivalent (it uses rope)")
-    if m.norm != "rmsnorm":
-        out.append(f"norm {m.norm!r} has no {name} equivalent (it uses rmsnorm)")
-    if m.mlp != "swiglu":
-        out.append(f"mlp {m.mlp!r} has no {name} equivalent (it uses swiglu)")
-    out += _common_refusals(m, name)
-    if m.rope.fraction != 1.0:
-        out.append(f"rope.fraction {m.rope.fraction} has no {name} equivalent (every channel is rotated)")
-    return out
-
-
-def _common_refusals(m: ModelConfig, name: str) -> list[str]:
-    out = []
-    if m.norm_placement != "pre":
-        out.append(f"norm_placement {m.norm_placement!r} has no {name} equivalent (it normalises pre-branch)")
+def _refusals(m: ModelConfig, name: str, allowed: dict[str, tuple[str, ...]]) -> list[str]:
+    """What `name` cannot represent, each as '<component> has no <name> equivalent': components outside
+    `allowed` (family -> the names it has), and the options no supported architecture has."""
+    out = [f"{fam} {getattr(m, fam)!r} has no {name} equivalent (it has {', '.join(ok)})"
+           for fam, ok in allowed.items() if getattr(m, fam) not in ok]
     if m.qk_norm:
         out.append(f"qk_norm has no {name} equivalent")
     if m.attn_softcap:
         out.append(f"attn_softcap {m.attn_softcap} has no {name} equivalent")
+    if m.position == "rope" and m.rope.fraction != 1.0:
+        out.append(f"rope.fraction {m.rope.fraction} has no {name} equivalent (every channel is rotated)")
     return out
+
+
+_DECODER = {"position": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "norm_placement": ("pre",)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,9 +216,7 @@ def _llama_to_hf(m: ModelConfig) -> dict:
 
 
 def _llama_refusals(m: ModelConfig) -> list[str]:
-    out = _decoder_refusals(m, "Llama")
-    if m.attention == "sliding_window":
-        out.append("attention 'sliding_window' has no Llama equivalent (export as Mistral or Qwen2)")
+    out = _refusals(m, "Llama", {"attention": ("mha", "gqa"), **_DECODER})
     if m.has_bias("qkv") != m.has_bias("attn_proj"):
         out.append(f"qkv_bias={m.has_bias('qkv')} with attn_proj_bias={m.has_bias('attn_proj')} has no Llama "
                    f"equivalent (its attention_bias covers q, k, v and o together; Qwen2 has q/k/v bias only)")
@@ -250,7 +236,7 @@ def _mistral_to_hf(m: ModelConfig) -> dict:
 
 
 def _mistral_refusals(m: ModelConfig) -> list[str]:
-    out = _decoder_refusals(m, "Mistral")
+    out = _refusals(m, "Mistral", {"attention": ("mha", "gqa", "sliding_window"), **_DECODER})
     if len(set(layer_windows(m))) > 1:
         out.append(f"per-layer sliding windows {layer_windows(m)} have no Mistral equivalent (one window for "
                    f"every layer, or none)")
@@ -286,7 +272,7 @@ def _qwen2_to_hf(m: ModelConfig) -> dict:
 
 
 def _qwen2_refusals(m: ModelConfig) -> list[str]:
-    out = _decoder_refusals(m, "Qwen2")
+    out = _refusals(m, "Qwen2", {"attention": ("mha", "gqa", "sliding_window"), **_DECODER})
     windows = layer_windows(m)
     sliding = [i for i, w in enumerate(windows) if w is not None]
     if sliding and (sliding != list(range(sliding[0], m.n_layer)) or len({windows[i] for i in sliding}) > 1):
@@ -330,21 +316,15 @@ def _gpt2_to_hf(m: ModelConfig) -> dict:
 
 
 def _gpt2_refusals(m: ModelConfig) -> list[str]:
-    out = []
-    if m.attention != "mha" or m.kv_heads != m.n_head:
-        out.append(f"attention {m.attention!r} with {m.kv_heads} KV heads has no GPT-2 equivalent "
-                   f"(multi-head attention, a K/V head per query head)")
-    if m.position != "learned":
-        out.append(f"position {m.position!r} has no GPT-2 equivalent (learned positions)")
-    if m.norm != "layernorm":
-        out.append(f"norm {m.norm!r} has no GPT-2 equivalent (layernorm)")
-    if m.mlp not in ("gelu", "gelu_tanh"):
-        out.append(f"mlp {m.mlp!r} has no GPT-2 equivalent (gelu or gelu_tanh)")
+    out = _refusals(m, "GPT-2", {"attention": ("mha",), "position": ("learned",), "norm": ("layernorm",),
+                                 "mlp": ("gelu", "gelu_tanh"), "norm_placement": ("pre",)})
+    if m.kv_heads != m.n_head:
+        out.append(f"{m.kv_heads} KV heads for {m.n_head} query heads have no GPT-2 equivalent (one each)")
     if m.head_dim * m.n_head != m.n_embd:
         out.append(f"head_size {m.head_dim} has no GPT-2 equivalent (heads are n_embd / n_head wide)")
     if not all(m.has_bias(p) for p in ("qkv", "attn_proj", "mlp")) or not m.bias:
         out.append("a model without biases has no GPT-2 equivalent (every Linear and LayerNorm has one)")
-    return out + _common_refusals(m, "GPT-2")
+    return out
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
