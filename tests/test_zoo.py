@@ -391,3 +391,27 @@ def test_mutate_accepts_an_init_from_experiment_and_refuses_an_architecture_chan
     assert child.training.learning_rate == 3 * load_experiment(exp).training.learning_rate
     assert mutate(["attention", "mla", "--from", str(exp), "--out", str(tmp_path / "mla.yaml")]) != 0
     assert not (tmp_path / "mla.yaml").exists()
+
+
+def test_writes_to_loaded_weights_never_reach_the_checkpoint_file(checkpoints):
+    """Parameters may be memory-mapped from the file; the mapping is copy-on-write."""
+    path = checkpoints["mistral"][1] / "model.safetensors"
+    before = path.read_bytes()
+    p = load_pretrained(path.parent, quiet=True)
+    with torch.no_grad():
+        for w in p.model.parameters():
+            w.add_(1.0)
+    del p
+    assert path.read_bytes() == before
+
+
+def test_gpt2_checkpoints_without_the_transformer_prefix_load(checkpoints, tmp_path):
+    """OpenAI's GPT-2 files name their tensors h.0.attn.c_attn.weight, wte.weight, ... (no `transformer.`)."""
+    from safetensors.torch import save_file
+
+    hf, src = checkpoints["gpt2"]
+    d = shutil.copytree(src, tmp_path / "ck")
+    sd = load_file(str(d / "model.safetensors"))
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, str(d / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert_matches(hf, load_pretrained(d, quiet=True).model)
