@@ -114,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                         executor=args.executor, cluster=args.cluster, threads=args.threads,
                         progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet)
     from foundry.interrupt import EXIT_CODE, Interrupted, signals_interrupt
+    from foundry.safeio import DamagedFileError, DiskFullError
     try:
         with signals_interrupt():  # SIGTERM (a scheduler's warning) stops the workers as Ctrl-C does
             run_sweep(opts)
-    except (SweepError, MutationError, ConfigError, RuntimeError) as e:
+    except (SweepError, MutationError, ConfigError, RuntimeError, DiskFullError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from foundry.safeio import write_text_atomic
+
 
 class CharTokenizer:
     """Character-level tokenizer: one id per distinct character, ids in sorted character order (as nanoGPT's
@@ -84,7 +86,7 @@ class CharTokenizer:
         return json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False)
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        write_text_atomic(path, self.to_json())  # a full disk names the file; no half-written tokenizer
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CharTokenizer":
@@ -180,7 +182,7 @@ class HFTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """foundry's wrapper format: the HF tokenizer plus the role of each special token."""
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        write_text_atomic(path, self.to_json())  # a full disk names the file; no half-written tokenizer
 
     @classmethod
     def load(cls, path: str | os.PathLike):
