@@ -415,3 +415,30 @@ def test_gpt2_checkpoints_without_the_transformer_prefix_load(checkpoints, tmp_p
     save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, str(d / "model.safetensors"),
               metadata={"format": "pt"})
     assert_matches(hf, load_pretrained(d, quiet=True).model)
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"attention": "sliding_window", "sliding_window": {"layers": [8, None, 4]}},
+     r"model_args.sliding_window.layers: needs one entry per layer \(n_layer=2\), got 3"),
+    ({"attention": "sliding_window", "sliding_window": {"layers": [8, 0]}},
+     "model_args.sliding_window.layers: each entry must be a window >= 1 or null"),
+    ({"position": "rope", "rope": {"scaling": {"type": "llama3", "low_freq_factor": 4.0, "high_freq_factor": 1.0}}},
+     "model_args.rope.scaling.low_freq_factor: must be > 0 and below high_freq_factor=1.0"),
+    ({"n_embd": 30, "n_head": 4}, "or set head_size"),
+])
+def test_checkpoint_fields_are_validated(args, message):
+    from foundry.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        from_dict({"model_args": {"n_layer": 2, **args}})
+
+
+def test_explicit_head_size_and_mlp_width_shape_the_model():
+    m = from_dict({"base_model": "v2", "model_args": {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "n_embd": 30,
+                                                      "head_size": 8, "mlp_hidden_size": 50, "vocab_size": 11,
+                                                      "qkv_bias": True}}).model_args
+    model = GPT(m)
+    assert model.blocks[0].attn.qkv.weight.shape == ((4 + 2 * 2) * 8, 30)
+    assert model.blocks[0].attn.qkv.bias is not None and model.blocks[0].attn.proj.bias is None
+    assert model.blocks[0].attn.proj.weight.shape == (30, 32) and model.blocks[0].mlp.proj.weight.shape == (30, 50)
+    assert model(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 11)
