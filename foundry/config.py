@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from foundry import catalog
 from foundry.registry import closest, suggest
 from foundry.safeio import write_text_atomic  # noqa: F401 (re-exported; full disks named there)
 
@@ -83,16 +84,9 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Component names. The torch registries in foundry.modules must hold exactly these built-ins (a test
-# checks it); a name outside this table is looked up in the registries after plugins are imported.
+# Component names: read from the variant classes by foundry.catalog (no table to keep in step, no torch).
 # --------------------------------------------------------------------------------------------------
-BUILTIN_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "attention": ("mha", "gqa", "mla", "sliding_window", "block_sparse", "strided"),
-    "position": ("learned", "rope", "alibi", "nope", "hybrid"),
-    "norm": ("layernorm", "rmsnorm"),
-    "mlp": ("gelu", "gelu_tanh", "swiglu", "glu", "reglu", "geglu", "relu2", "moe"),
-    "loss": ("ce", "focal", "label_smoothing"),
-}
+BUILTIN_COMPONENTS: dict[str, tuple[str, ...]] = catalog.builtin_names()
 NORM_PLACEMENTS = ("pre", "post", "sandwich")
 GATED_MLPS = ("swiglu", "glu", "reglu", "geglu")
 
@@ -562,7 +556,12 @@ class ExperimentConfig(_Frozen):
     def to_dict(self) -> dict:
         return _thaw(self)
 
-    def to_yaml(self) -> str:
+    def to_yaml(self, used_only: bool = False) -> str:
+        """The config as YAML; `used_only`: only what is read (`used_dict()` plus out_dir and lineage), which
+        loads back to the same hash."""
+        if used_only:
+            d = catalog.used(self.to_dict())
+            return yaml.safe_dump({k: d[k] for k in self.to_dict() if k in d}, sort_keys=False)
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, overrides: list[str] | dict) -> "ExperimentConfig":
@@ -573,11 +572,17 @@ class ExperimentConfig(_Frozen):
             _set_path(raw, key, value)
         return from_dict(raw)
 
-    def hash(self) -> str:
-        """Identity of what is trained: everything but where it is written and where it came from."""
-        d = self.to_dict()
+    def used_dict(self) -> dict:
+        """What the model and run actually read (foundry.catalog.used): the option blocks of the chosen
+        variants only, switched settings only when on, in canonical form; without out_dir and lineage."""
+        d = catalog.used(self.to_dict())
         d.pop("out_dir"), d.pop("lineage")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+    def hash(self) -> str:
+        """Identity of what is trained: `used_dict()`, so a change that nothing reads (sliding_window.window
+        on an MHA model, rope.theta under learned positions) keeps the hash, and is a no-op mutation."""
+        return hashlib.sha256(json.dumps(self.used_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -859,14 +864,9 @@ def _coerce(tp, value: Any, path: str):
 def check_component(family: str, name: str, keypath: str) -> None:
     """A component name is valid if built in, scaffolded under foundry/modules/variants/, or registered by a
     loaded plugin. Checked without importing torch unless plugins are loaded (they import it themselves)."""
-    known = set(BUILTIN_COMPONENTS[family]) | set(scaffolded_names(family))
+    known = catalog.names(family)
     if name in known:
         return
-    if _LOADED_PLUGINS:
-        from foundry.registry import REGISTRIES
-        known |= set(REGISTRIES[family].names())
-        if name in known:
-            return
     raise ConfigError(f"{keypath}: unknown {family} {name!r}{suggest(name, sorted(known))} "
                       f"(known: {', '.join(sorted(known))})")
 
@@ -890,12 +890,7 @@ def eval_task_names() -> list[str]:
 
 def scaffolded_names(family: str) -> list[str]:
     """Names registered by files in foundry/modules/variants/, read from their source (no import, no torch)."""
-    import re
-
-    folder = Path(__file__).parent / "modules" / "variants"
-    registry = {"attention": "ATTENTION", "position": "POSITION", "norm": "NORM", "mlp": "MLP", "loss": "LOSS"}[family]
-    pattern = re.compile(rf"@{registry}\.register\(\s*[\"']([^\"']+)[\"']")
-    return [m for f in sorted(folder.glob("*.py")) for m in pattern.findall(f.read_text())]
+    return list(catalog.scaffolded(family))
 
 
 _LOADED_PLUGINS: set[str] = set()

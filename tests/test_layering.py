@@ -20,6 +20,7 @@ PKG = Path(__file__).resolve().parents[1] / "foundry"
 
 RULES = [  # (prefix, layer); the longest matching prefix wins
     ("foundry.registry", 0), ("foundry.config", 0), ("foundry.safeio", 0), ("foundry.interrupt", 0),
+    ("foundry.catalog", 0),  # the variant catalog, read from the modules' source (ast), not imported
     ("foundry.modules", 1),
     ("foundry.model", 2), ("foundry.data", 2),
     ("foundry.data.curriculum", 3), ("foundry.data.sampler", 3), ("foundry.data.synthetic", 3), ("foundry.data.__main__", 4),
@@ -34,7 +35,7 @@ RULES = [  # (prefix, layer); the longest matching prefix wins
 ]
 # mutate's config transforms must stay instant: torch-free like the config
 TORCH_FREE = ["foundry.registry", "foundry.config", "foundry.mutate", "foundry.safeio", "foundry.interrupt",
-              "foundry.zoo.catalog"]
+              "foundry.zoo.catalog", "foundry.catalog"]
 
 
 def layer_of(module: str) -> int | None:

@@ -442,3 +442,12 @@ def test_explicit_head_size_and_mlp_width_shape_the_model():
     assert model.blocks[0].attn.qkv.bias is not None and model.blocks[0].attn.proj.bias is None
     assert model.blocks[0].attn.proj.weight.shape == (30, 32) and model.blocks[0].mlp.proj.weight.shape == (30, 50)
     assert model(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, 11)
+
+
+def test_eval_takes_a_checkpoint_directory(checkpoints):
+    from foundry.eval.lm import resolve_target
+
+    hf, path = checkpoints["gpt2"]
+    model, tok, label = resolve_target(path)
+    assert label == str(path) and tok.vocab_size <= VOCAB
+    assert_matches(hf, model)

@@ -37,6 +37,11 @@ def resolve_target(target, device: str = "cpu"):
         raise TargetError(f"TARGET must be a path, a zoo name, a loaded run or a (model, tokenizer) pair; "
                           f"got {type(target).__name__}")
     path = Path(target)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "config.yaml").is_file():
+        from foundry.zoo import load_pretrained  # a Hugging Face checkpoint directory
+
+        loaded = load_pretrained(path, device=device)
+        return loaded.model.eval(), loaded.tokenizer, str(path)
     if path.exists():
         from foundry.checkpoint import load_run
         run = load_run(path, device=device)

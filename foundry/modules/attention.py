@@ -317,6 +317,7 @@ class SlidingWindowAttention(CausalSelfAttention):
     """Sliding-window attention (Longformer, Beltagy et al. 2020; Mistral 2023): each query sees its last
     `window` tokens (itself included). `sliding_window.pattern` is cycled over layers, S = sliding,
     L = global (Gemma 2's alternation is "SL"); `sliding_window.layers` sets each layer's window instead."""
+    options = ("model_args.sliding_window",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
@@ -341,6 +342,7 @@ class BlockSparseAttention(CausalSelfAttention):
     """Block-sparse attention (local + global blocks as in BigBird, Zaheer et al. 2020): the sequence is cut
     into blocks of `block` tokens; a query sees its own and `local_blocks - 1` preceding blocks, plus the
     first `global_blocks` blocks."""
+    options = ("model_args.block_sparse",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
@@ -359,6 +361,7 @@ class StridedAttention(CausalSelfAttention):
     """Sparse Transformer patterns (Child et al. 2019). `strided`: the last `stride` tokens plus every
     `stride`-th token before (distance a multiple of stride); `fixed`: the query's own block of `stride`
     tokens plus the last `summary` tokens of every earlier block."""
+    options = ("model_args.strided",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__(cfg, layer_idx)
@@ -393,6 +396,7 @@ class MultiHeadLatentAttention(CausalSelfAttention):
     = g decoupled keys (B, T, g * dr), each shared by nh / g consecutive heads (g = 1 in DeepSeek-V2; a model
     converted from GQA by foundry.surgery keeps one per parent KV head, as MHA2MLA, Ji et al. 2025).
     """
+    options = ("model_args.mla", "model_args.rope")  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         nn.Module.__init__(self)

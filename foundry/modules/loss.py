@@ -53,6 +53,7 @@ class CrossEntropy(Loss):
 class FocalLoss(Loss):
     """Focal loss (Lin et al. 2017): -(1 - p)^gamma log p, down-weighting tokens already predicted well;
     gamma = training.focal_gamma (0 is cross-entropy)."""
+    options = ("training.focal_gamma",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: TrainingConfig | None = None):
         super().__init__(cfg)
@@ -69,6 +70,7 @@ class FocalLoss(Loss):
 class LabelSmoothing(Loss):
     """Label smoothing (Szegedy et al. 2016): cross-entropy against (1 - eps) one-hot + eps uniform;
     eps = training.label_smoothing (0 is cross-entropy)."""
+    options = ("training.label_smoothing",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: TrainingConfig | None = None):
         super().__init__(cfg)

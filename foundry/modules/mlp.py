@@ -114,6 +114,7 @@ class MoE(nn.Module):
     output never depends on other tokens. `aux_loss` = aux_loss_coef * Switch load-balancing loss
     n_experts * sum_e f_e * P_e (f_e: share of routed slots sent to e, P_e: mean router probability of e).
     `shared_expert` adds one always-on dense MLP (DeepSeekMoE, Dai et al. 2024)."""
+    options = ("model_args.moe",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig, hidden: int | None = None):
         super().__init__()

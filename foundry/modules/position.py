@@ -85,6 +85,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 @POSITION.register("rope")
 class Rope(Position):
     """Rotary position embedding (Su et al. 2021); `rope.fraction` < 1 rotates part of each head (GPT-NeoX)."""
+    options = ("model_args.rope",)  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -139,6 +140,7 @@ class Hybrid(Rope):
     """RoPE plus an additive score bias: `hybrid.bias` = alibi (slopes as Press et al. 2022) or learned (a
     trainable bias per head and distance, as T5's relative bias but unbucketed, Raffel et al. 2020; distances
     beyond block_size - 1 share the last entry). Starts as pure RoPE + ALiBi, or pure RoPE (learned, zeros)."""
+    options = ("model_args.rope", "model_args.hybrid")  # the config it reads (foundry/catalog.py)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

@@ -16,8 +16,9 @@ import keyword
 import re
 from pathlib import Path
 
-from foundry.config import BUILTIN_COMPONENTS, scaffolded_names, write_text_atomic
-from foundry.registry import REGISTRIES, suggest
+from foundry import catalog
+from foundry.config import write_text_atomic
+from foundry.registry import suggest
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -159,8 +160,7 @@ def scaffold(family: str, name: str, root: Path | None = None) -> Path:
         raise ValueError(f"variant name {name!r} must be a lower-case Python identifier "
                          f"(letters, digits, underscores; starting with a letter), e.g. 'my_{family}'")
     folder = Path(root if root is not None else package_root()) / "foundry" / "modules" / "variants"
-    taken = set(BUILTIN_COMPONENTS[family]) | set(scaffolded_names(family)) | set(REGISTRIES[family].names())
-    taken |= set(_names_in(folder, _BODIES[family][3]))
+    taken = set(catalog.names(family)) | set(catalog.scaffolded(family, root=folder.parents[2]))
     if name in taken:
         raise ValueError(f"{family} {name!r} already exists; pick another name "
                          f"(taken: {', '.join(sorted(taken))})")
@@ -178,9 +178,3 @@ def scaffold(family: str, name: str, root: Path | None = None) -> Path:
     write_text_atomic(path, text)
     return path
 
-
-def _names_in(folder: Path, registry: str) -> list[str]:
-    pattern = re.compile(rf"@{registry}\.register\(\s*[\"']([^\"']+)[\"']")
-    if not folder.is_dir():
-        return []
-    return [m for f in sorted(folder.glob("*.py")) for m in pattern.findall(f.read_text())]

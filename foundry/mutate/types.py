@@ -7,6 +7,7 @@ plain number or, where listed, `x<f>` to scale the current value (`lr x0.5`, `wi
 """
 from __future__ import annotations
 
+from foundry import catalog
 from foundry.config import BUILTIN_COMPONENTS, GATED_MLPS, NORM_PLACEMENTS, ConfigError, ExperimentConfig
 from foundry.mutate import BadVariant, mutation
 
@@ -76,9 +77,7 @@ def attention(cfg, v):
     if v == "mqa":
         return {"model_args.attention": "gqa", "model_args.n_kv_head": 1}
     if v.startswith("gqa_") and v.endswith("kv"):
-        n = integer(v[4:-2])
-        if n == m.n_head:
-            raise ConfigError(f"gqa with {n} KV heads for {m.n_head} query heads is plain MHA; use 'mha'")
+        n = integer(v[4:-2])          # n == n_head is MHA: the config hash says no-op
         return {"model_args.attention": "gqa", "model_args.n_kv_head": n}
     if v == "mla":  # MLA shares K/V through its latent, not through KV heads
         return {"model_args.attention": "mla", "model_args.n_kv_head": None}
@@ -86,12 +85,9 @@ def attention(cfg, v):
         return {"model_args.attention": "mla", "model_args.n_kv_head": None,
                 "model_args.mla.kv_rank": integer(v[len("mla_"):])}
     if v.startswith("sliding_"):
-        w = integer(v[len("sliding_"):])
-        if w >= m.block_size:
-            raise ConfigError(f"a window of {w} covers the whole context (block_size {m.block_size}), so it is "
-                              f"plain global attention; pick a window below {m.block_size}")
+        w = integer(v[len("sliding_"):])  # w >= block_size is global attention: a no-op by the hash
         return {"model_args.attention": "sliding_window", "model_args.sliding_window.window": w}
-    if v in ("block_sparse", "strided"):
+    if v in catalog.names("attention"):   # block_sparse, strided, scaffolded and plugin attentions
         return {"model_args.attention": v}
     raise BadVariant(f"unknown variant {v!r}")
 
@@ -99,13 +95,13 @@ def attention(cfg, v):
 @mutation("position", group="architecture", variants=BUILTIN_COMPONENTS["position"])
 def position(cfg, v):
     """Position encoding: learned absolute, RoPE, ALiBi, none, or RoPE plus a bias (hybrid)."""
-    return {"model_args.position": choice(v, BUILTIN_COMPONENTS["position"])}
+    return {"model_args.position": choice(v, catalog.names("position"))}
 
 
 @mutation("norm", group="architecture", variants=BUILTIN_COMPONENTS["norm"])
 def norm(cfg, v):
     """Normalisation layer: LayerNorm or RMSNorm."""
-    return {"model_args.norm": choice(v, BUILTIN_COMPONENTS["norm"])}
+    return {"model_args.norm": choice(v, catalog.names("norm"))}
 
 
 @mutation("norm_placement", group="architecture", variants=NORM_PLACEMENTS)
@@ -121,7 +117,7 @@ _DENSE_MLPS = tuple(m for m in BUILTIN_COMPONENTS["mlp"] if m != "moe")
 def activation(cfg, v):
     """MLP activation; switching between plain (4x) and gated (8/3x) MLPs keeps the parameter count."""
     m = cfg.model_args
-    v = choice(v, _DENSE_MLPS)
+    v = choice(v, [n for n in catalog.names("mlp") if n != "moe"])
     if m.mlp == "moe":  # the experts change, the routing stays
         return {"model_args.moe.expert": v}
     out = {"model_args.mlp": v}
@@ -215,10 +211,7 @@ def tie_embeddings(cfg, v):
 @mutation("rope_theta", group="architecture", variants=("<theta>", "x<f>"),
           examples=lambda c: ["500000", "1000"])
 def rope_theta(cfg, v):
-    """RoPE base frequency (only read when position is rope or hybrid)."""
-    if cfg.model_args.position not in ("rope", "hybrid") and cfg.model_args.attention != "mla":
-        raise ConfigError(f"position is {cfg.model_args.position!r}, which has no RoPE: rope_theta would change "
-                          f"nothing; mutate position rope first")
+    """RoPE base frequency (read by rope, hybrid and mla; elsewhere the config hash calls it a no-op)."""
     return {"model_args.rope.theta": number(v, cfg.model_args.rope.theta)}
 
 
@@ -234,7 +227,7 @@ def dropout(cfg, v):
 @mutation("loss", group="training", variants=BUILTIN_COMPONENTS["loss"])
 def loss(cfg, v):
     """Training loss: cross-entropy, focal, or label-smoothed cross-entropy (validation is always plain CE)."""
-    return {"training.loss": choice(v, BUILTIN_COMPONENTS["loss"])}
+    return {"training.loss": choice(v, catalog.names("loss"))}
 
 
 @mutation("z_loss", group="training", variants=("<c>", "off"), examples=lambda c: ["1e-4", "off"])
