@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -252,7 +253,9 @@ def resume_checkpoint(run_dir: str | os.PathLike, say=print, move_aside: bool = 
     last = run_dir / "ckpt_last"
     for stale in run_dir.glob("ckpt_*.tmp*") if move_aside else ():  # a write a kill interrupted: never a checkpoint
         shutil.rmtree(stale, ignore_errors=True)
-    names = [last, *sorted(run_dir.glob("ckpt_last.prev*")), last.with_name("ckpt_last.old"), run_dir / "ckpt_best"]
+    prev = sorted((p for p in run_dir.glob("ckpt_last.prev*") if re.fullmatch(r"ckpt_last\.prev\d+", p.name)),
+                  key=lambda p: int(p.name[len("ckpt_last.prev"):]))
+    names = [last, *prev, last.with_name("ckpt_last.old"), run_dir / "ckpt_best"]
     found = [inspect_checkpoint(p) for p in names if p.is_dir()]
     if not found:
         return None
@@ -356,8 +359,13 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", which:
                 "re-train the run (the same training command continues from its newest intact checkpoint)")
         raise CheckpointError(f"{ckpt}: {problem}; {hint}")
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-    model = GPT(cfg.model_args)
-    load_weights(model, ckpt)
+    if cfg.lora.rank > 0:  # an adapter-only LoRA checkpoint: its base (init_from) + the adapters, merged
+        from foundry.trainer.objectives import load_finetuned
+
+        model = load_finetuned(cfg, ckpt)
+    else:
+        model = GPT(cfg.model_args)
+        load_weights(model, ckpt)
     model.to(device).eval()
     tok_path = next((p for p in (ckpt / "tokenizer.json", ckpt.parent / "tokenizer.json") if p.is_file()), None)
     if tok_path is None:

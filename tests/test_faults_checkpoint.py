@@ -89,3 +89,34 @@ def test_no_intact_checkpoint_stops_with_the_exact_command_and_keeps_everything(
     shutil.move(run, f"{run}.damaged")  # what the message says; then the same command trains afresh
     assert train_main(argv) == 0
     assert_same_run(ref, run)
+
+
+def _tiny_checkpoints(run, iters):
+    import torch
+
+    from foundry.checkpoint import save_checkpoint
+    for it in iters:
+        save_checkpoint(run / "ckpt_last", torch.nn.Linear(4, 4), {"iter": it}, "a: 1\n")
+
+
+def test_rotation_keeps_one_previous_and_a_crash_between_renames_leaves_an_intact_one(tmp_path):
+    from foundry.checkpoint import resume_checkpoint
+
+    _tiny_checkpoints(tmp_path, (10, 20, 30))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_last", "ckpt_last.prev1"]
+    assert inspect_checkpoint(tmp_path / "ckpt_last").iter == 30 and inspect_checkpoint(tmp_path / "ckpt_last.prev1").iter == 20
+    (tmp_path / "ckpt_last").rename(tmp_path / "ckpt_last.tmp123")  # killed between the two renames of a save
+    said = []
+    assert resume_checkpoint(tmp_path, say=said.append) == tmp_path / "ckpt_last.prev1"
+    assert not (tmp_path / "ckpt_last.tmp123").exists() and "iteration 20" in said[-1]
+
+
+def test_a_checkpoint_set_aside_earlier_is_left_alone(tmp_path):
+    from foundry.checkpoint import resume_checkpoint
+
+    _tiny_checkpoints(tmp_path, (10, 20))
+    garble(tmp_path / "ckpt_last.prev1" / "state.pt", "middle")
+    (tmp_path / "ckpt_last.prev1").rename(tmp_path / "ckpt_last.prev1.damaged")
+    said = []
+    assert resume_checkpoint(tmp_path, say=said.append) == tmp_path / "ckpt_last" and said == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_last", "ckpt_last.prev1.damaged"]
