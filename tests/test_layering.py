@@ -1,6 +1,6 @@
 """Dependencies point one way (docs/architecture.md):
 
-    0 core     foundry.registry, foundry.config                      (no torch)
+    0 core     foundry.registry, foundry.config, zoo.{catalog, architectures}   (no torch)
     1 modules  foundry.modules.*
     2 model    foundry.model;  data core: foundry.data.* except the model-using parts
     3 run      train, optim, checkpoint, store, distributed, data.{sampler,curriculum,synthetic}, eval.*, zoo.*, lora.*
