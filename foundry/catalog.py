@@ -155,23 +155,24 @@ def _drop(d: dict, path: str) -> None:
     d.pop(last, None)
 
 
-def used(d: dict) -> dict:
-    """A copy of an experiment mapping (ExperimentConfig.to_dict()) holding only what the model and run read,
-    in canonical form: the option blocks of variants not chosen, switched settings that are off, and LoRA
-    settings without LoRA are gone; equivalent spellings of one model are written one way."""
+def used(d: dict, canonical: bool = True) -> dict:
+    """A copy of an experiment mapping (ExperimentConfig.to_dict()) holding only what the model and run read:
+    the option blocks of variants not chosen, switched settings that are off, and LoRA settings without LoRA
+    are gone. `canonical` (for the hash): equivalent spellings of one model are also written one way."""
     d = copy.deepcopy(d)
     m = d["model_args"]
-    # canonical attention: n_kv_head resolved (None means n_head, or Llama grouping under gqa); 'gqa' is the
-    # same class as 'mha' (CausalSelfAttention with fewer KV heads); a window covering the whole context
-    # with no per-layer windows is plain causal attention (its pattern returns None)
-    n_head = m["n_head"]
-    if m.get("n_kv_head") is None:
-        m["n_kv_head"] = (max(k for k in range(1, n_head // 2 + 1) if n_head % k == 0)
-                          if m["attention"] == "gqa" and n_head >= 2 else n_head)
-    sw = m.get("sliding_window") or {}
-    if m["attention"] == "gqa" or (m["attention"] == "sliding_window" and not sw.get("layers")
-                                   and sw.get("window", 0) >= m["block_size"]):
-        m["attention"] = "mha"
+    if canonical:
+        # n_kv_head resolved (None means n_head, or Llama grouping under gqa); 'gqa' is the same class as
+        # 'mha' (CausalSelfAttention with fewer KV heads); a window covering the whole context with no
+        # per-layer windows is plain causal attention (its pattern returns None)
+        n_head = m["n_head"]
+        if m.get("n_kv_head") is None:
+            m["n_kv_head"] = (max(k for k in range(1, n_head // 2 + 1) if n_head % k == 0)
+                              if m["attention"] == "gqa" and n_head >= 2 else n_head)
+        sw = m.get("sliding_window") or {}
+        if m["attention"] == "gqa" or (m["attention"] == "sliding_window" and not sw.get("layers")
+                                       and sw.get("window", 0) >= m["block_size"]):
+            m["attention"] = "mha"
     chosen = {(family, _get(d, path)) for family, path in CHOICE.items()}
     if m.get("mlp") == "moe":
         chosen.add(("mlp", (m.get("moe") or {}).get("expert")))

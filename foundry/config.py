@@ -557,10 +557,10 @@ class ExperimentConfig(_Frozen):
         return _thaw(self)
 
     def to_yaml(self, used_only: bool = False) -> str:
-        """The config as YAML; `used_only`: only what is read (`used_dict()` plus out_dir and lineage), which
-        loads back to the same hash."""
+        """The config as YAML; `used_only`: only what the chosen variants and run settings read (as the hash
+        sees it, but spelt as given), which loads back to the same hash."""
         if used_only:
-            d = catalog.used(self.to_dict())
+            d = catalog.used(self.to_dict(), canonical=False)
             return yaml.safe_dump({k: d[k] for k in self.to_dict() if k in d}, sort_keys=False)
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 

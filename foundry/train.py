@@ -430,9 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--no-store", action="store_true",
                    help="do not record this run in the experiment store ($FOUNDRY_STORE, default runs/foundry.sqlite)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved experiment, only what its variants and settings read, with its hash; "
+                        "train nothing")
     args = p.parse_args(argv)
     try:
         cfg = load_experiment(args.experiment, args.overrides)
+        if args.print_config:
+            print(f"# config hash {cfg.hash()}\n" + cfg.to_yaml(used_only=True), end="")
+            return 0
         run = lambda: train(cfg, resume=args.resume, quiet=args.quiet, loggers=tuple(args.loggers))  # noqa: E731
         if args.no_store or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 records
             run()

@@ -109,3 +109,19 @@ def test_a_new_variant_is_reachable_by_its_mutation_type(plugin_variants):
         assert name in catalog.names(family)
         child = apply_mutation(base, type_name, name)
         assert catalog._get(child.to_dict(), catalog.CHOICE[family]) == name
+
+
+def test_print_config_shows_only_what_is_read(tmp_path, capsys):
+    from foundry.train import main
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("model_args: {n_layer: 2, n_head: 4, n_embd: 32, block_size: 16, attention: gqa}\n"
+                   "training: {warmup_iters: 10}\n")
+    assert main([str(exp), "--print-config", "--set", "model_args.sliding_window.window=4"]) == 0
+    out = capsys.readouterr().out
+    first, _, body = out.partition("\n")
+    cfg = config.load_experiment(exp)
+    assert first == f"# config hash {cfg.hash()}"
+    d = yaml.safe_load(body)
+    assert d["model_args"]["attention"] == "gqa" and "sliding_window" not in d["model_args"]   # as written
+    assert "dpo" not in d["training"] and from_dict(d).hash() == cfg.hash()
