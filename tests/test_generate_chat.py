@@ -160,7 +160,8 @@ def test_generate_on_an_hf_dir_is_transformers_greedy_and_stops_at_its_eos(hf_di
     assert target.stop_ids == [stop] and target.source.startswith("zoo")
     ids = target.tokenizer.encode("ROMEO: ")
     with torch.no_grad():
-        want = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
+        x = torch.tensor([ids])
+        want = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
     assert want[-1] == stop and len(want) == k + 1  # transformers stops there too (generation_config's eos)
     assert gen_cli.main([str(path), "--prompt", "ROMEO: ", "--temperature", "0", "--max-new-tokens", "24"]) == 0
     assert capsys.readouterr().out == target.tokenizer.decode(want[:-1]) + "\n"
@@ -178,7 +179,8 @@ def test_chat_on_an_hf_dir_renders_its_template_like_transformers(hf_dir):
     assert s.render(convo) == hf_tok.encode(want, add_special_tokens=False)
     reply = s.reply("Hello")
     with torch.no_grad():
-        out = hf.generate(torch.tensor([s.render(convo)]), max_new_tokens=10, do_sample=False,
+        x = torch.tensor([s.render(convo)])
+        out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=10, do_sample=False,
                           eos_token_id=s.stop_ids)[0, len(s.render(convo)):].tolist()
     assert reply == hf_tok.decode([i for i in out if i not in s.stop_ids])
 
