@@ -24,19 +24,30 @@ import time
 
 
 def bench_humaneval(data_dir, workers, repeats):
+    """The 164 canonical solutions under each wall set, alternating per repeat (the machine drifts): all walls
+    (the default), the walls before Landlock and the mount view (namespaces, rlimits, guard), the guard alone."""
     from foundry.eval.humaneval import check_completions, load_problems
+    from foundry.eval.sandbox import Limits
     from foundry.eval.spec import get_task
 
     probs = load_problems(get_task("humaneval"), data_dir)
     samples = [{"task_id": t, "completion": p["canonical_solution"]} for t, p in probs.items()]
-    times, passed = [], None
+    sets = {"all_walls": Limits(), "no_landlock_no_mountns": Limits(landlock=False, mount_namespace=False),
+            "guard_only": Limits(landlock=False, mount_namespace=False, network_namespace=False)}
+    times = {k: [] for k in sets}
+    passed, walls = {}, {}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        res = check_completions(probs, samples, workers=workers)
-        times.append(time.perf_counter() - t0)
-        passed = sum(r["passed"] for r in res)
-    return {"problems": len(samples), "passed": passed, "workers": workers, "seconds": [round(t, 2) for t in times],
-            "best_s": round(min(times), 2)}
+        for name, limits in sets.items():
+            t0 = time.perf_counter()
+            res = check_completions(probs, samples, limits, workers=workers)
+            times[name].append(time.perf_counter() - t0)
+            passed[name] = sum(r["passed"] for r in res)
+            walls[name] = " ".join(res[0]["walls"])
+    best = {k: min(v) for k, v in times.items()}
+    return {"problems": len(samples), "workers": workers,
+            **{k: {"passed": passed[k], "walls": walls[k], "seconds": [round(t, 2) for t in times[k]],
+                   "best_s": round(best[k], 2)} for k in sets},
+            "all_walls_vs_before": round(best["all_walls"] / best["no_landlock_no_mountns"], 3)}
 
 
 def bench_mmlu(data_dir, n_questions, repeats, device="cpu", batch_size=32):
