@@ -724,6 +724,8 @@ def _checkpoint_architecture(raw: dict) -> dict:
     for key in paths(given):
         if key.split(".")[0] in CHECKPOINT_FREE_KEYS:
             continue
+        if at(given, key) is None:  # unset (e.g. vocab_size: null in a written experiment): the checkpoint's
+            continue
         if at(mine, key) != at(ckpt, key):
             raise ConfigError(f"model_args.{key}: {at(mine, key)!r} contradicts init_from {src!r}, whose "
                               f"{key} is {at(ckpt, key)!r}; remove the key (the checkpoint sets the architecture)")

@@ -234,12 +234,12 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor], source:
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 
-def hf_linear_names(model, model_args) -> dict[str, list[str]]:
+def hf_linear_names(model) -> dict[str, list[str]]:
     """foundry linear layer -> the Hugging Face module name of each of its output slices, read from the zoo's
     key map of the architecture the model exports as (a fused qkv -> its q, k, v projections)."""
     from foundry.zoo.architectures import choose_architecture
 
-    arch = choose_architecture(model_args)
+    arch = choose_architecture(model.cfg)
     out = {}
     for name in linear_names(model):
         hit = arch.rule_for(name + ".weight")
@@ -253,7 +253,7 @@ def hf_linear_names(model, model_args) -> dict[str, list[str]]:
     return out
 
 
-def save_peft(model: nn.Module, cfg, out_dir, base_model_name_or_path: str) -> None:
+def save_peft(model: nn.Module, out_dir, base_model_name_or_path: str) -> None:
     """Write PEFT's LoRA format: adapter_config.json and adapter_model.safetensors with keys
     `base_model.model.<HF module>.lora_A.weight` (r, in) / `.lora_B.weight` (out, r), one pair per HF
     projection (a fused slice's A is its own r rows; its B the slice's rows). The HF module names come from
@@ -268,7 +268,7 @@ def save_peft(model: nn.Module, cfg, out_dir, base_model_name_or_path: str) -> N
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hf_names = hf_linear_names(model, cfg.model_args)   # foundry linear name -> [HF module name per output slice]
+    hf_names = hf_linear_names(model)   # foundry linear name -> [HF module name per output slice]
     tensors, modules = {}, set()
     for name, m in lora_layers(model).items():
         targets = hf_names.get(name)
@@ -311,12 +311,12 @@ def read_peft(path) -> tuple[dict, dict[str, torch.Tensor]]:
     return conf, load_file(str(p / PEFT_WEIGHTS))
 
 
-def load_peft(model: nn.Module, cfg, path) -> list[str]:
-    """Wrap `model` (a plain base of `cfg`) with the adapters of a PEFT LoRA directory and load them; returns
+def load_peft(model: nn.Module, path) -> list[str]:
+    """Wrap `model` (a plain foundry GPT of the adapters' base) with the adapters of a PEFT LoRA directory and load them; returns
     the wrapped foundry layer names. Every HF projection of a fused layer must be adapted (PEFT on q and v
     only leaves k without an adapter: its slice gets zero B, i.e. no update)."""
     conf, tensors = read_peft(path)
-    hf_names = hf_linear_names(model, cfg.model_args)
+    hf_names = hf_linear_names(model)
     r, alpha = int(conf["r"]), float(conf["lora_alpha"])
     targets = [name for name, hfs in hf_names.items()
                if any(f"base_model.model.{hf}.lora_A.weight" in tensors for hf in hfs)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from foundry import catalog
 from foundry.config import BUILTIN_COMPONENTS, GATED_MLPS, NORM_PLACEMENTS, ConfigError, ExperimentConfig
-from foundry.mutate import BadVariant, mutation
+from foundry.mutate import BadVariant, mutation, safe_fragment
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,9 +224,12 @@ def dropout(cfg, v):
 # --------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------
-@mutation("loss", group="training", variants=BUILTIN_COMPONENTS["loss"])
+@mutation("loss", group="training", variants=(*BUILTIN_COMPONENTS["loss"], "dpo"))
 def loss(cfg, v):
-    """Training loss: cross-entropy, focal, or label-smoothed cross-entropy (validation is always plain CE)."""
+    """Training loss: cross-entropy, focal, label-smoothed cross-entropy (validation is always plain CE), or
+    dpo (preference pairs in data.path against the parent's trained weights)."""
+    if v == "dpo":
+        return {"training.objective": "dpo", **_trained_base(cfg)}
     return {"training.loss": choice(v, catalog.names("loss"))}
 
 
@@ -291,6 +294,69 @@ def adam_betas(cfg, v):
     if len(parts) != 2:
         raise BadVariant(f"expected two numbers b1,b2, got {v!r}")
     return {"training.beta1": number(parts[0]), "training.beta2": number(parts[1])}
+
+
+# --------------------------------------------------------------------------------------------------
+# Finetuning: LoRA (foundry/lora.py) on the parent's trained weights
+# --------------------------------------------------------------------------------------------------
+def _trained_base(cfg) -> dict:
+    """A finetune starts from trained weights: the parent's own starting point when it has one (a zoo model, or
+    the run a LoRA parent finetunes), else the parent's trained run (its out_dir; training refuses, naming the
+    command, while that run does not exist yet)."""
+    return {"init_from": cfg.init_from or cfg.out_dir}
+
+
+def _needs_lora(cfg, what: str) -> None:
+    if cfg.lora.rank == 0:
+        raise ConfigError(f"{what} changes LoRA adapters, and this experiment has none (lora.rank 0); "
+                          f"mutate lora_rank first (e.g. python -m foundry.mutate lora_rank 16)")
+
+
+LORA_TARGETS = {"attn": ["attn.qkv", "attn.proj"], "mlp": ["mlp.fc", "mlp.proj"],
+                "all": ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"], "qkv": ["attn.qkv"]}
+
+
+@mutation("lora_rank", group="finetune", variants=("<r>",), stem=lambda v: f"lora_r{safe_fragment(v)}",
+          examples=lambda c: ["8", "16", "32"])
+def lora_rank(cfg, v):
+    """LoRA adapters of rank r on the parent's trained weights (base frozen; default targets attn.qkv, attn.proj)."""
+    r = integer(v)
+    if r < 1:
+        raise BadVariant(f"rank {v!r} must be >= 1")
+    return {"lora.rank": r, **({} if cfg.lora.rank else _trained_base(cfg))}
+
+
+@mutation("lora_alpha", group="finetune", variants=("<alpha>", "x<f>"), examples=lambda c: _scales(c.lora.alpha))
+def lora_alpha(cfg, v):
+    """LoRA scale numerator: the update is (alpha / rank) B A."""
+    _needs_lora(cfg, "lora_alpha")
+    return {"lora.alpha": number(v, cfg.lora.alpha)}
+
+
+@mutation("lora_dropout", group="finetune", variants=("<p>",), examples=lambda c: ["0.0", "0.05", "0.1"])
+def lora_dropout(cfg, v):
+    """Dropout on the adapters' input."""
+    _needs_lora(cfg, "lora_dropout")
+    return {"lora.dropout": number(v)}
+
+
+@mutation("lora_targets", group="finetune", variants=(*LORA_TARGETS, "<pattern>,<pattern>"))
+def lora_targets(cfg, v):
+    """Which linear layers get adapters: attn (qkv, proj), mlp (fc, proj), all, qkv, or module name patterns."""
+    _needs_lora(cfg, "lora_targets")
+    targets = LORA_TARGETS.get(v) or [t for t in v.split(",") if t]
+    if not targets or any(not all(ch.isalnum() or ch in "._*?[]" for ch in t) for t in targets):
+        raise BadVariant(f"unknown target set {v!r}")
+    return {"lora.targets": targets}
+
+
+CHAT_FORMATS = ("chatml", "llama3", "alpaca", "template")
+
+
+@mutation("chat_format", group="finetune", variants=CHAT_FORMATS)
+def chat_format(cfg, v):
+    """How SFT / DPO examples are rendered: ChatML, Llama 3, Alpaca, or the base checkpoint's own template."""
+    return {"data.chat_format": choice(v, CHAT_FORMATS)}
 
 
 # --------------------------------------------------------------------------------------------------

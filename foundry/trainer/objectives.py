@@ -248,10 +248,20 @@ def _needs_base(cfg: ExperimentConfig) -> str | None:
 
 
 def _make_base_hint(cfg: ExperimentConfig) -> str:
-    parent = cfg.lineage.get("parent") if isinstance(cfg.lineage, dict) else None
+    parent = dict(cfg.lineage or {}).get("parent")
     if parent:
         return f"train the base first: python -m foundry.train {parent}"
     return "train a base first (python -m foundry.train experiments/baseline.yaml) and set init_from to its out_dir"
+
+
+def _parent_out_dir(cfg: ExperimentConfig) -> str | None:
+    """The out_dir of the experiment this one was mutated from (its lineage parent), if that file is readable."""
+    from foundry.config import load_experiment
+
+    try:
+        return load_experiment(cfg.lineage["parent"]).out_dir
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resolve_base(cfg: ExperimentConfig) -> Base | None:
@@ -266,7 +276,15 @@ def resolve_base(cfg: ExperimentConfig) -> Base | None:
                               f"run directory or a zoo model (python -m foundry.zoo list); {_make_base_hint(cfg)}")
         return None
     p = Path(cfg.init_from)
-    if p.is_dir() and (p / "config.yaml").is_file() or (p / "ckpt_last").exists() or (p / "ckpt_best").exists():
+    is_run = p.is_dir() and not (p / "config.json").is_file() and \
+        any((p / f).exists() for f in ("config.yaml", "ckpt_last", "ckpt_best"))
+    from foundry.zoo import NAMED
+
+    if not p.exists() and cfg.init_from not in NAMED and (cfg.lineage or {}).get("parent") and \
+            cfg.init_from == _parent_out_dir(cfg):
+        raise ConfigError(f"init_from={cfg.init_from}: the run this experiment finetunes has not been trained yet; "
+                          f"{_make_base_hint(cfg)}")
+    if is_run:
         ckpt = next((c for c in (find_checkpoint(p / "ckpt_best"), find_checkpoint(p / "ckpt_last")) if c), None)
         if ckpt is None:
             raise ConfigError(f"init_from={cfg.init_from}: this run directory holds no trained checkpoint yet; "
@@ -332,6 +350,19 @@ def check_base_tokenizer(data, base: Base | None) -> None:
         raise ConfigError(f"init_from={where}: the data ({getattr(data, 'name', '?')}) is not tokenized with the "
                           f"base's tokenizer; prepare it with `python -m foundry.data prepare --input TEXT "
                           f"--tokenizer {where} --out DIR` and set data.path to DIR")
+
+
+def load_finetuned(cfg: ExperimentConfig, ckpt) -> nn.Module:
+    """The model a LoRA run's checkpoint describes, as a plain GPT: the base (init_from) with the adapters merged."""
+    from foundry.lora import merged_state
+    from foundry.model import GPT
+
+    obj = OBJECTIVES.get(cfg.training.objective)(cfg)
+    adapted = obj.build_model(obj.prepare(cfg))
+    obj.load_checkpoint(adapted, ckpt)
+    model = GPT(cfg.model_args)
+    model.load_state_dict(merged_state(adapted))
+    return model
 
 
 # --------------------------------------------------------------------------------------------------

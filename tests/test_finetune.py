@@ -1,0 +1,262 @@
+"""Finetuning: the DPO losses against their published formulas, SFT/DPO runs through the one training core,
+LoRA checkpoints (adapter-only, resumed exactly, loaded merged), PEFT's format both ways, the bad-input errors,
+and the finetuning mutation types."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from finetune_helpers import finetune_config, make_base_run, pair_records, sft_records, write_jsonl
+from safetensors.torch import load_file
+
+from foundry import lora
+from foundry.config import ConfigError
+from foundry.train import read_metrics, train
+from foundry.trainer.objectives import dpo_loss
+
+
+# --------------------------------------------------------------------------------------------------
+# DPO losses, by hand
+# --------------------------------------------------------------------------------------------------
+def _sig(z):
+    return 1 / (1 + math.exp(-z))
+
+
+CASES = [(-10.0, -12.0, -11.0, -11.5), (-3.0, -2.0, -3.5, -1.0), (-5.0, -5.0, -5.0, -5.0)]
+
+
+@pytest.mark.parametrize("pc,pr,rc,rr", CASES)
+@pytest.mark.parametrize("kind", ["sigmoid", "robust", "hinge", "ipo"])
+def test_dpo_loss_equals_the_published_formula(kind, pc, pr, rc, rr):
+    beta, e = 0.2, 0.1
+    h = (pc - rc) - (pr - rr)
+    expected = {
+        "sigmoid": -(1 - e) * math.log(_sig(beta * h)) - e * math.log(_sig(-beta * h)),     # cDPO
+        "robust": (-(1 - e) * math.log(_sig(beta * h)) + e * math.log(_sig(-beta * h))) / (1 - 2 * e),
+        "hinge": max(0.0, 1 - beta * h),
+        "ipo": (h - 1 / (2 * beta)) ** 2,
+    }[kind]
+    t = [torch.tensor([v], dtype=torch.float64) for v in (pc, pr, rc, rr)]
+    got = float(dpo_loss(*t, beta=beta, loss_type=kind, label_smoothing=e)[0])
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_plain_dpo_is_minus_log_sigmoid_of_the_scaled_margin():
+    t = [torch.tensor([v]) for v in (-1.0, -4.0, -2.0, -2.0)]
+    assert float(dpo_loss(*t, beta=0.5)[0]) == pytest.approx(-math.log(_sig(0.5 * 3.0)), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs through the training core
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ft")
+    return {"base": make_base_run(d / "base"), "sft": write_jsonl(d / "sft.jsonl", sft_records()),
+            "pairs": write_jsonl(d / "pairs.jsonl", pair_records()), "dir": d}
+
+
+def test_lora_sft_learns_assistant_tokens_and_checkpoints_only_adapters(files, tmp_path):
+    cfg = finetune_config(files["base"], files["sft"], tmp_path / "sft", **{
+        "training.objective": "sft", "lora.rank": 4, "lora.targets": ["attn.qkv", "attn.proj", "mlp.fc"],
+        "training.max_iters": 12, "training.eval_interval": 12, "training.learning_rate": 1e-2})
+    s = train(cfg, quiet=True)
+    evals = [r for r in read_metrics(tmp_path / "sft" / "metrics.jsonl") if "val_loss" in r]
+    saved = load_file(str(tmp_path / "sft" / "ckpt_last" / "model.safetensors"))
+    assert saved and all(lora.is_adapter_key(k) for k in saved)           # adapter-only checkpoint
+    # the trained model, loaded back (base + adapters, merged) scores what training reported
+    from foundry.checkpoint import load_run
+    from foundry.trainer.objectives import OBJECTIVES
+    run = load_run(tmp_path / "sft")
+    assert not lora.lora_layers(run.model)                                 # merged into a plain GPT
+    obj = OBJECTIVES.get("sft")(cfg)
+    c2 = obj.prepare(cfg)
+    obj.cfg = c2
+    data = obj.load_data(c2)
+    from contextlib import nullcontext
+    assert obj.evaluate(run.model, data, "cpu", nullcontext())["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5)
+    base_loss = obj.evaluate(obj.build_model(c2).eval(), data, "cpu", nullcontext())["val_loss"]
+    assert evals[-1]["val_loss"] < base_loss                               # held-out loss went down
+
+
+def test_sft_loss_counts_assistant_tokens_only(files):
+    from foundry.trainer.objectives import OBJECTIVES
+    cfg = finetune_config(files["base"], files["sft"], files["dir"] / "x", **{"training.objective": "sft"})
+    obj = OBJECTIVES.get("sft")(cfg)
+    cfg = obj.prepare(cfg)
+    data = obj.load_data(cfg)
+    tok = data.tokenizer
+    x, y, pos, doc = data.train.batch()
+    trained = tok.decode([int(t) for t in y[y != -1]])
+    assert "apple apple" in trained and "say" not in trained and "user" not in trained
+    assert int(pos.max()) < int((doc == doc[0, 0]).sum())                   # positions restart per example
+
+
+def test_lora_dpo_with_adapters_off_reference_logs_rewards_and_resumes_exactly(files, tmp_path):
+    over = {"training.objective": "dpo", "lora.rank": 4, "training.max_iters": 6, "training.learning_rate": 1e-2,
+            "training.dpo.beta": 0.5, "training.lr_decay_iters": 6}
+    full = train(finetune_config(files["base"], files["pairs"], tmp_path / "full", **over), quiet=True)
+    train(finetune_config(files["base"], files["pairs"], tmp_path / "part", **{**over, "training.max_iters": 3}),
+          quiet=True)
+    resumed = train(finetune_config(files["base"], files["pairs"], tmp_path / "part", **over), quiet=True)
+    a, b = (load_file(str(tmp_path / d / "ckpt_last" / "model.safetensors")) for d in ("full", "part"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val_loss"] == full["val_loss"]
+    rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    train_rows = [r for r in rows if "loss" in r]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+                "logps/rejected"):
+        assert all(key in r for r in train_rows), key
+    assert rows[0]["data_split"]["train_pairs"] == 20 and rows[0]["data_split"]["val_pairs"] == 4
+    ev = [r for r in rows if "val_pref_acc" in r]
+    assert ev and ev[-1]["val_margin"] > 0                                  # the policy moved towards chosen
+
+
+def test_dpo_reference_modes_agree_at_the_start(files):
+    """At step 0 the policy equals its reference either way: margin 0, loss log 2."""
+    from contextlib import nullcontext
+
+    from foundry.trainer.objectives import OBJECTIVES
+    out = {}
+    for ref, rank in (("adapters_off", 4), ("copy", 4), ("copy", 0)):
+        cfg = finetune_config(files["base"], files["pairs"], files["dir"] / "y", **{
+            "training.objective": "dpo", "lora.rank": rank, "training.dpo.reference": ref})
+        obj = OBJECTIVES.get("dpo")(cfg)
+        cfg = obj.prepare(cfg)
+        obj.cfg = cfg
+        data = obj.load_data(cfg)
+        model = obj.build_model(cfg)
+        obj.attach(model, "cpu")
+        out[(ref, rank)] = obj.evaluate(model, data, "cpu", nullcontext())
+    for ev in out.values():
+        assert ev["val_loss"] == pytest.approx(math.log(2), abs=1e-6) and ev["val_margin"] == pytest.approx(0, abs=1e-6)
+        assert ev["val_pref_acc"] == out[("copy", 0)]["val_pref_acc"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input, before any model is built
+# --------------------------------------------------------------------------------------------------
+def test_finetuning_without_a_trained_base_names_the_command(files, tmp_path):
+    from foundry.config import ExperimentConfig
+    cfg = ExperimentConfig().replace({"lora.rank": 4, "lineage": {"parent": "experiments/baseline.yaml"},
+                                      "out_dir": str(tmp_path / "o")})
+    with pytest.raises(ConfigError, match="init_from is not set.*python -m foundry.train experiments/baseline.yaml"):
+        train(cfg, quiet=True)
+    with pytest.raises(ConfigError, match="holds no trained checkpoint"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.yaml").write_text("{}")
+        train(cfg.replace({"init_from": str(tmp_path / "empty")}), quiet=True)
+
+
+def test_bad_finetuning_data_fails_with_file_and_line(files, tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", sft_records(8) + [{"prompt": "hi", "response": ""}] + sft_records(8))
+    with pytest.raises(ValueError, match=r"bad\.jsonl:9: field 'response' is empty"):
+        train(finetune_config(files["base"], bad, tmp_path / "a", **{"training.objective": "sft"}), quiet=True)
+    with pytest.raises(ConfigError, match=r"not preference data .*DPO needs pairs"):
+        train(finetune_config(files["base"], files["sft"], tmp_path / "b", **{"training.objective": "dpo"}),
+              quiet=True)
+    with pytest.raises(ConfigError, match=r"holds preference pairs"):
+        train(finetune_config(files["base"], files["pairs"], tmp_path / "c", **{"training.objective": "sft"}),
+              quiet=True)
+    with pytest.raises(ValueError, match=r"chat_format 'llama3' needs the special tokens \['begin_of_text'"):
+        # the base's BPE vocabulary has ChatML's markers; a char-level base would lack them all
+        from foundry.data.tokenize import CharTokenizer
+        CharTokenizer().fit("abc").save(files["dir"] / "char.json")
+        from foundry.data.finetune import Renderer
+        from foundry.data.tokenize import load_tokenizer
+        Renderer("llama3", load_tokenizer(files["dir"] / "char.json"))
+    with pytest.raises(ConfigError, match=r"lora\.targets: 'q_proj' matches none"):
+        train(finetune_config(files["base"], files["sft"], tmp_path / "d", **{"training.objective": "sft",
+                                                                             "lora.rank": 2, "lora.targets": ["q_proj"]}),
+              quiet=True)
+
+
+def test_dpo_on_the_constitution_file_must_reserve_its_items(files, tmp_path):
+    hh = tmp_path / "harmless-base_test.jsonl"
+    write_jsonl(hh, [{"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go"}] * 12)
+    cfg = finetune_config(files["base"], hh, tmp_path / "a", **{"training.objective": "dpo", "data.val_examples": 2})
+    with pytest.raises(ConfigError, match="hh_rlhf .*data.reserved"):
+        train(cfg, quiet=True)
+    s = train(cfg.replace({"data.reserved": 5, "training.max_iters": 2}), quiet=True)
+    split = read_metrics(tmp_path / "a" / "metrics.jsonl")[0]["data_split"]
+    assert split["reserved"] == 5 and split["train_lines"][0] == 6 and s["val_pairs"] == 2
+
+
+def test_hh_rlhf_dialogues_split_into_prompt_turns_and_final_answers():
+    from foundry.data.finetune import preference_pair
+    rec = {"chosen": "\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: yes, sure",
+           "rejected": "\n\nHuman: a?\n\nAssistant: b.\n\nHuman: c?\n\nAssistant: no"}
+    p = preference_pair(rec, "f:1", 1)
+    assert p.prompt == [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "b."},
+                        {"role": "user", "content": "c?"}]
+    assert (p.chosen, p.rejected) == ("yes, sure", "no")
+
+
+# --------------------------------------------------------------------------------------------------
+# PEFT's format, both directions
+# --------------------------------------------------------------------------------------------------
+def test_peft_round_trip_both_directions(tmp_path):
+    peft = pytest.importorskip("peft")
+    import transformers
+    from hf_utils import save_tiny_checkpoint, tiny_pair, to_foundry
+
+    hf, ours = tiny_pair("llama")
+    base_dir = save_tiny_checkpoint("llama", tmp_path / "base", hf=hf)
+    idx = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+
+    # foundry -> PEFT: every projection (fused qkv and gate|up included)
+    lora.apply_lora(ours, lora.LoRAConfig(rank=4, alpha=8, targets=["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]))
+    with torch.no_grad():
+        for m in lora.lora_layers(ours).values():
+            m.lora_B.normal_(0, 0.1)
+    lora.save_peft(ours, tmp_path / "adapter", str(base_dir))
+    conf = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str(base_dir) and conf["r"] == 4
+    keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight" in keys
+    pm = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_dir),
+                                        str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        theirs, mine = pm(idx).logits, ours(idx)
+    assert (mine - hf(idx).logits).abs().max() > 1e-3                     # the adapters change the output
+    torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+    # PEFT -> foundry: PEFT's default-like q and v targets (k gets no update) plus the MLP
+    hf2 = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+    pm2 = peft.get_peft_model(hf2, peft.LoraConfig(r=3, lora_alpha=6, init_lora_weights=False,
+                                                   target_modules=["q_proj", "v_proj", "up_proj", "down_proj"])).eval()
+    pm2.save_pretrained(str(tmp_path / "peft2"))
+    fresh = to_foundry(hf)
+    wrapped = lora.load_peft(fresh, tmp_path / "peft2")
+    assert "blocks.0.attn.qkv" in wrapped and "blocks.0.attn.proj" not in wrapped
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx), pm2(idx).logits, rtol=1e-5, atol=1e-5)
+        k = fresh.blocks[0].attn.qkv
+        assert k.lora_B[k.splits[0]:k.splits[0] + k.splits[1]].abs().sum() == 0   # k: no adapter, no update
+
+
+# --------------------------------------------------------------------------------------------------
+# Mutation types
+# --------------------------------------------------------------------------------------------------
+def test_lora_mutations_write_the_readme_experiment_and_point_at_the_parent_run(tmp_path):
+    from foundry.config import load_experiment
+    from foundry.mutate import MutationError, apply_mutation, write_mutant
+    parent = load_experiment("experiments/baseline.yaml")
+    child = apply_mutation(parent, "lora_rank", "16", parent="experiments/baseline.yaml")
+    path = write_mutant(child, tmp_path)
+    assert path.name == "lora_r16.yaml"
+    c = load_experiment(path)
+    assert c.lora.rank == 16 and c.init_from == parent.out_dir and c.out_dir == "runs/lora_r16"
+    grand = apply_mutation(c, "lora_alpha", "x2")
+    assert grand.lora.alpha == 32 and grand.init_from == parent.out_dir       # still the trained base
+    assert list(apply_mutation(c, "lora_targets", "all").lora.targets) == ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
+    assert apply_mutation(c, "lora_dropout", "0.05").lora.dropout == 0.05
+    with pytest.raises(MutationError, match="mutate lora_rank first"):
+        apply_mutation(parent, "lora_alpha", "32")
+    dpo = apply_mutation(parent, "loss", "dpo")
+    assert dpo.training.objective == "dpo" and dpo.init_from == parent.out_dir
+    assert apply_mutation(parent, "chat_format", "llama3").data.chat_format == "llama3"
+    with pytest.raises(MutationError, match="valid variants"):
+        apply_mutation(parent, "chat_format", "vicuna")
