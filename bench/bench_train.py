@@ -1,10 +1,11 @@
 """Training benchmarks on nanoGPT's CPU Tiny Shakespeare configuration (experiments/shakespeare_char_cpu.yaml).
 
     python bench/bench_train.py speed [--rounds 6 --iters 150]  foundry's CLI vs the reference, alternating processes
+    python bench/bench_train.py e2e [--rounds 4 --iters 2000]   whole runs (evaluation, checkpoints, sample), wall time
     python bench/bench_train.py full [--seeds 1337 1 2]         both full 2,000-iteration runs per seed: val loss, speed
     python bench/bench_train.py v1v2                            v2 vs v1 at the same parameter count and iterations
     python bench/bench_train.py steps                           where a step's time goes (optimiser, clip, model)
-    python bench/bench_train.py dtype                           fp32 vs bf16 autocast on this CPU
+    python bench/bench_train.py dtype [--widths 128 384]        fp32 vs bf16 autocast training steps on this CPU
     python bench/bench_train.py attn                            explicit causal attention vs SDPA's kernel, by T
     python bench/bench_train.py malloc                          training steps with and without glibc malloc tuning
     python bench/bench_train.py reference                       the stand-in alone, 2,000 iterations, val loss
@@ -117,8 +118,12 @@ ITER_LINE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
 NANOGPT_VAL = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
 
-def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extra: list[str] = ()) -> dict:
-    """`python -m foundry.train` on the experiment in a fresh process; per-window ms/iteration and the summary."""
+def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extra: list[str] = (),
+                 whole: bool = False) -> dict:
+    """`python -m foundry.train` on the experiment in a fresh process; per-window ms/iteration, the summary and
+    the process's wall time. `whole`: the run exactly as a user starts it (evaluations, checkpoints, the final
+    sample, the experiment store, printed progress); otherwise a speed round (no sample, a one-batch final
+    evaluation) unless it is the full 2,000 iterations."""
     import shutil
 
     from foundry.train import read_metrics
@@ -128,13 +133,14 @@ def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extr
     sets = [f"data.path={data}", f"out_dir={out_dir}", f"training.max_iters={iters}", *THREADS, *extra]
     if seed is not None:
         sets.append(f"training.seed={seed}")
-    if iters < 2000:  # a speed round: no sample, a one-batch final evaluation (not timed either way)
+    if iters < 2000 and not whole:
         sets += ["training.sample_tokens=0", "training.eval_iters=1"]
-    cmd = [sys.executable, "-m", "foundry.train", str(EXPERIMENT), "--no-store", "--quiet"]
+    cmd = [sys.executable, "-m", "foundry.train", str(EXPERIMENT)] + ([] if whole else ["--no-store", "--quiet"])
     for kv in sets:
         cmd += ["--set", kv]
+    env = {**os.environ, "FOUNDRY_STORE": str(OUT / "bench_store.sqlite")}
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO)
+    subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL if whole else None)
     wall = time.perf_counter() - t
     rows = read_metrics(out_dir / "metrics.jsonl")
     ms = [r["ms_per_iter"] for r in rows if "ms_per_iter" in r]
@@ -157,23 +163,26 @@ def write_nanogpt_meta(data: Path) -> None:
         pickle.dump({"vocab_size": meta["vocab_size"], "itos": itos, "stoi": {c: i for i, c in itos.items()}}, f)
 
 
-def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: bool = False) -> dict:
+def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: bool = False, whole: bool = False) -> dict:
     """The reference in a fresh process: nanoGPT's own train.py when --nanogpt DIR is given, else the stand-in.
     Returns per-iteration ms (nanoGPT's printed `time`, which includes evaluation on eval iterations: the
-    median ignores those) and, with `evaluate`, the final validation loss."""
+    median ignores those) and, with `evaluate`, the final validation loss. `whole`: nanoGPT's README run as
+    is (its evaluation every 250 iterations, on train and validation batches, and its checkpoints)."""
     threads = next((int(kv.split("=")[1]) for kv in THREADS if kv.startswith("training.num_threads=")), 2)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if args.nanogpt:
+        if seed != 1337:  # its train.py seeds torch with 1337 (+ the DDP rank) and has no seed option
+            raise SystemExit(f"--nanogpt: nanoGPT's train.py always seeds 1337; --seeds {seed} needs the stand-in")
         write_nanogpt_meta(data)
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
                "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
                "--n_head=4", "--n_embd=128", f"--max_iters={iters}", "--lr_decay_iters=2000", "--dropout=0.0",
-               f"--dataset={data.resolve()}", f"--out_dir={(OUT / 'nanogpt_out').resolve()}", f"--seed={seed}",
-               f"--eval_interval={250 if evaluate else 10 ** 9}"]
+               f"--dataset={data.resolve()}", f"--out_dir={(OUT / 'nanogpt_out').resolve()}",
+               f"--eval_interval={250 if evaluate or whole else 10 ** 9}"]
         cwd = args.nanogpt
     else:
         cmd = [sys.executable, str(REPO / "bench" / "nanogpt_ref.py"), "--data", str(data), "--iters", str(iters),
-               "--threads", str(threads), "--seed", str(seed), "--eval-windows", str(240 if evaluate else 0)]
+               "--threads", str(threads), "--seed", str(seed), "--eval-windows", str(240 if evaluate or whole else 0)]
         cwd = REPO
     t = time.perf_counter()
     proc = subprocess.run(cmd, check=True, cwd=cwd, env=env, capture_output=True, text=True)
@@ -191,22 +200,48 @@ def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: boo
     return {"ms_per_iter": statistics.median(ms[10:] or ms), "wall_s": wall, **val}
 
 
-def cmd_speed(args, data):
-    """R rounds of N iterations, foundry's CLI and the reference alternating in fresh processes."""
+def side_by_side(args, data, whole: bool) -> dict:
+    """R rounds of foundry's CLI and the reference in fresh processes, the order swapped every round (ABBA...),
+    so that the drift of the shared cores hits both alike; per-round ratios of ms/iteration and wall time."""
     ref_name = "nanoGPT" if args.nanogpt else "stand-in"
-    f_ms, r_ms = [], []
+    rounds, load = [], [os.getloadavg()[0]]
     for r in range(args.rounds):
-        f_ms.append(foundry_proc(data, "speed", args.iters)["ms_per_iter"])
-        r_ms.append(reference_proc(args, data, args.iters)["ms_per_iter"])
-        print(f"round {r + 1}/{args.rounds}: foundry {f_ms[-1]:.1f} ms/it, {ref_name} {r_ms[-1]:.1f} ms/it "
-              f"({r_ms[-1] / f_ms[-1]:.3f}x)", flush=True)
-    f, ref = statistics.median(f_ms), statistics.median(r_ms)
+        sides = [("foundry", lambda: foundry_proc(data, "speed", args.iters, whole=whole)),
+                 ("reference", lambda: reference_proc(args, data, args.iters, whole=whole))]
+        got = dict((name, run()) for name, run in (sides if r % 2 == 0 else sides[::-1]))
+        load.append(os.getloadavg()[0])
+        f, ref = got["foundry"], got["reference"]
+        rounds.append({"foundry_ms": f["ms_per_iter"], "reference_ms": ref["ms_per_iter"], "foundry_wall_s": f["wall_s"],
+                       "reference_wall_s": ref["wall_s"], "step_ratio": ref["ms_per_iter"] / f["ms_per_iter"],
+                       "wall_ratio": ref["wall_s"] / f["wall_s"], "first": "foundry" if r % 2 == 0 else "reference",
+                       "load_after": load[-1]})
+        print(f"round {r + 1}/{args.rounds}: foundry {f['ms_per_iter']:.1f} ms/it {f['wall_s']:.1f} s, {ref_name} "
+              f"{ref['ms_per_iter']:.1f} ms/it {ref['wall_s']:.1f} s: per step {rounds[-1]['step_ratio']:.3f}x, "
+              f"wall {rounds[-1]['wall_ratio']:.3f}x (load {load[-1]:.1f})", flush=True)
+
+    def spread(key):
+        v = [x[key] for x in rounds]
+        return {"median": statistics.median(v), "mean": statistics.mean(v), "min": min(v), "max": max(v),
+                "sd": statistics.stdev(v) if len(v) > 1 else 0.0}
+
+    f, ref = statistics.median(x["foundry_ms"] for x in rounds), statistics.median(x["reference_ms"] for x in rounds)
     tokens = 12 * 64
-    record("speed", reference=ref_name, foundry_ms_per_iter=f, reference_ms_per_iter=ref, speedup=ref / f,
-           round_ratios_median=statistics.median(b / a for a, b in zip(f_ms, r_ms)),
-           foundry_tokens_per_sec=tokens / f * 1000, reference_tokens_per_sec=tokens / ref * 1000,
-           speedup_vs_recorded_nanogpt=NANOGPT_RECORDED["ms_per_iter"] / f, rounds=args.rounds, iters=args.iters,
-           foundry_rounds=f_ms, reference_rounds=r_ms)
+    return dict(reference=ref_name, foundry_ms_per_iter=f, reference_ms_per_iter=ref,
+                foundry_tokens_per_sec=tokens / f * 1000, reference_tokens_per_sec=tokens / ref * 1000,
+                step_ratio=spread("step_ratio"), wall_ratio=spread("wall_ratio"), rounds=args.rounds, iters=args.iters,
+                load_avg_1min={"min": min(load), "max": max(load)}, per_round=rounds,
+                cpu_capability=torch.backends.cpu.get_cpu_capability())
+
+
+def cmd_speed(args, data):
+    """Per-step speed: R rounds of N iterations (no evaluation), alternating fresh processes."""
+    record("speed", **side_by_side(args, data, whole=False))
+
+
+def cmd_e2e(args, data):
+    """End to end: each side's whole run as a user starts it (start-up, evaluations, checkpoints, foundry's final
+    sample and store record), N iterations (default 2,000), alternating fresh processes; wall and per-step ratios."""
+    record("e2e", **side_by_side(args, data, whole=True))
 
 
 def whole_split_loss(run_dir: Path, data: Path) -> float:
@@ -346,57 +381,102 @@ def cmd_steps(args, data):
 
 
 def cmd_dtype(args, data):
-    """fp32 vs bf16 autocast forward+backward of the foundry model on this CPU, interleaved (decides dtype auto)."""
-    from foundry.data.dataset import load_data
-    from foundry.data.sampler import make_sampler
+    """fp32 vs bf16 autocast training steps (forward, backward, clipping, fused AdamW) of a v1 model on this CPU,
+    the two dtypes taking turns step by step; by width (--widths), at --layers / --block / --batch (default
+    nanoGPT's Tiny Shakespeare model: 6 layers, block 256, batch 64, heads of 64 channels). Decides dtype auto."""
+    from foundry.config import ModelConfig, TrainingConfig
     from foundry.model import GPT
+    from foundry.optim import build_optimizer
+    from foundry.train import autocast_ctx, pick_dtype, tune_cpu_malloc
 
-    cfg = config(data, "dtype", ["model_args.vocab_size=65"])
-    torch.set_num_threads(cfg.training.num_threads)
-    model = GPT(cfg.model_args)
-    sampler = make_sampler(load_data(data), cfg)
-    times = {"float32": [], "bfloat16": []}
-    for i in range(args.iters):
-        for name in times:
-            x, y = sampler.next_batch()
+    torch.set_num_threads(args.threads or 2)
+    tune_cpu_malloc()
+    tc = TrainingConfig()
+    rows = []
+    for width in args.widths:
+        mc = ModelConfig(n_layer=args.layers, n_head=max(1, width // 64), n_embd=width, block_size=args.block,
+                         vocab_size=65, bias=False, dropout=0.0)
+        torch.manual_seed(0)
+        model = GPT(mc)
+        opt = build_optimizer(model, tc, "cpu")
+        x, y = (torch.randint(0, 65, (args.batch, args.block)) for _ in range(2))
+        times = {"float32": [], "bfloat16": []}
+
+        def step(dtype):
             t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bfloat16"):
+            with autocast_ctx(torch.device("cpu"), getattr(torch, dtype)):
                 loss, _ = model(x, y)
             loss.backward()
-            times[name].append((time.perf_counter() - t) * 1000)
-            model.zero_grad(set_to_none=True)
-    f32, bf16 = (statistics.median(v[2:]) for v in times.values())
-    record("dtype", fp32_fwd_bwd_ms=f32, bf16_autocast_fwd_bwd_ms=bf16, bf16_over_fp32=bf16 / f32, iters=args.iters)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return (time.perf_counter() - t) * 1000
+
+        for name in times:  # warm-up: oneDNN's kernels for each shape and dtype
+            step(name)
+        for _ in range(args.iters):
+            for name in times:
+                times[name].append(step(name))
+        f32, bf16 = (statistics.median(v) for v in times.values())
+        auto = pick_dtype("auto", torch.device("cpu"), mc)
+        rows.append({"n_embd": width, "n_head": mc.n_head, "n_layer": mc.n_layer, "block": args.block,
+                     "batch": args.batch, "fp32_step_ms": f32, "bf16_step_ms": bf16, "bf16_speedup": f32 / bf16,
+                     "fp32_min_ms": min(times["float32"]), "bf16_min_ms": min(times["bfloat16"]),
+                     "bf16_speedup_min": min(times["float32"]) / min(times["bfloat16"]),
+                     "per_step_ratios": [a / b for a, b in zip(times["float32"], times["bfloat16"])],
+                     "auto_picks": str(auto).replace("torch.", "")})
+        print(json.dumps(rows[-1]), flush=True)
+    record("dtype", rows=rows, iters=args.iters, amx=torch.cpu._is_amx_tile_supported(),
+           cpu_capability=torch.backends.cpu.get_cpu_capability(), load_avg_1min=os.getloadavg()[0])
+
+
+def best_of_interleaved(fns: dict, trials: int, calls: int = 5) -> dict:
+    """Each function's fastest mean over `calls` consecutive calls, taking turns for `trials` rounds: on 2
+    cores shared with other jobs the minimum is the figure least disturbed by them, and taking turns
+    exposes every variant to the same load."""
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up: allocator, kernel selection
+    for _ in range(trials):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - t) / calls * 1000)
+    return best
 
 
 def cmd_attn(args, data):
-    """Forward+backward of causal attention at the model's shapes: foundry's explicit short-sequence path
-    (modules.attention._explicit_causal) vs SDPA's kernel, interleaved, by sequence length and head size."""
+    """Forward+backward of causal attention as the model runs it (q, k, v are head views of the fused qkv
+    projection's output; the result is transposed back to (B, T, C)): foundry's explicit short-sequence path
+    (modules.attention._explicit_causal) vs SDPA's kernel, by sequence length and head size."""
     import torch.nn.functional as F
 
-    from foundry.modules.attention import EXPLICIT_CAUSAL_MAX_T, _explicit_causal
+    from foundry.modules.attention import EXPLICIT_CAUSAL_MAX_T, _explicit_causal, explicit_causal_pays
 
     torch.set_num_threads(args.threads or 2)
     rows = []
-    for T in (32, 64, 128, 256, 512):
+    for T in (32, 64, 128, 256):
         for hs in (32, 64):
             B, nh = max(1, 12 * 64 // T), 4  # the config's 768 tokens per micro-batch, 4 heads
-            q, k, v = (torch.randn(B, nh, T, hs, requires_grad=True) for _ in range(3))
-            g = torch.randn(B, nh, T, hs)
-            times = {"explicit": [], "sdpa": []}
-            fns = {"explicit": lambda: _explicit_causal(q, k, v),
-                   "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
-            for _ in range(args.iters):
-                for name, fn in fns.items():
-                    t = time.perf_counter()
-                    fn().backward(g)
-                    times[name].append((time.perf_counter() - t) * 1000)
-                    q.grad = k.grad = v.grad = None
-            e, s = (statistics.median(times[n][3:]) for n in ("explicit", "sdpa"))
-            rows.append({"T": T, "head_size": hs, "batch": B, "explicit_ms": e, "sdpa_ms": s, "explicit_speedup": s / e,
-                         "taken_in_training": T <= EXPLICIT_CAUSAL_MAX_T})
+            C = nh * hs
+            qkv = torch.randn(B, T, 3 * C, requires_grad=True)
+            g = torch.randn(B, T, C)
+
+            def layer(attn):
+                def run():
+                    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))  # (B, nh, T, hs)
+                    attn(q, k, v).transpose(1, 2).reshape(B, T, C).backward(g)
+                    qkv.grad = None
+                return run
+
+            best = best_of_interleaved({"explicit": layer(_explicit_causal), "sdpa": layer(
+                lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))}, args.iters)
+            rows.append({"T": T, "head_size": hs, "batch": B, "explicit_ms": best["explicit"], "sdpa_ms": best["sdpa"],
+                         "explicit_speedup": best["sdpa"] / best["explicit"],
+                         "taken_in_training": T <= EXPLICIT_CAUSAL_MAX_T and explicit_causal_pays()})
             print(json.dumps(rows[-1]), flush=True)
-    record("attn", rows=rows, iters=args.iters)
+    record("attn", rows=rows, iters=args.iters, cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
 MALLOC_PROBE = """
@@ -445,7 +525,7 @@ def cmd_malloc(args, data):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
+    p.add_argument("what", choices=["speed", "e2e", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
                                     "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
@@ -454,6 +534,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="override training.num_threads for both sides")
     p.add_argument("--iters", type=int, default=None,
                    help="iterations per round/run (speed: 150; steps/dtype/attn/malloc: 40; full runs 2000)")
+    p.add_argument("--widths", type=int, nargs="*", default=[128, 384], help="dtype: model widths (heads of 64)")
+    p.add_argument("--layers", type=int, default=6, help="dtype: layers")
+    p.add_argument("--block", type=int, default=256, help="dtype: block size")
+    p.add_argument("--batch", type=int, default=64, help="dtype: batch size")
     p.add_argument("--seeds", type=int, nargs="*", help="full: one pair of runs per seed (default: 1337)")
     p.add_argument("--nanogpt", type=Path, help="speed/full: a nanoGPT checkout; its own train.py is the reference "
                    "(run with the README's CPU flags) instead of bench/nanogpt_ref.py")
@@ -465,7 +549,9 @@ def main(argv=None) -> int:
         THREADS.append("training.compile=true")
     if args.what in ("speed", "steps", "dtype", "attn", "malloc") and args.iters is None:
         args.iters = 150 if args.what == "speed" else 40
-    {"speed": cmd_speed, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
+    if args.what == "e2e" and args.iters is None:
+        args.iters = 2000
+    {"speed": cmd_speed, "e2e": cmd_e2e, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
      "malloc": cmd_malloc, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 

@@ -203,6 +203,7 @@ def test_short_cpu_training_attention_is_explicit_and_equals_sdpa(monkeypatch, t
     same function as SDPA's causal attention: outputs and all three input gradients."""
     from foundry.modules import attention as A
 
+    monkeypatch.setattr(A, "explicit_causal_pays", lambda: True)  # as on an AVX2 CPU, whatever this one is
     g = torch.Generator().manual_seed(t)
     q, k, v = (torch.randn(3, 4, t, 8, generator=g, requires_grad=True) for _ in range(3))
     up = torch.randn(3, 4, t, 8, generator=g)
@@ -234,14 +235,29 @@ def test_long_or_forward_only_attention_stays_on_sdpa(monkeypatch):
     assert len(calls) == 3
 
 
+def test_explicit_short_attention_only_below_avx512(monkeypatch):
+    """The explicit path is taken where it was measured faster (AVX2 and narrower kernels); where torch runs
+    its AVX-512 kernels the flash kernel wins at these sizes and SDPA is called."""
+    from foundry.modules import attention as A
+
+    short = [torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3)]
+    calls = _sdpa_spy(monkeypatch)
+    for capability, sdpa_calls in (("AVX2", 0), ("DEFAULT", 0), ("AVX512", 1)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        A.explicit_causal_pays.cache_clear()
+        A.attend(*short)
+        assert len(calls) == sdpa_calls, capability
+    A.explicit_causal_pays.cache_clear()
+
+
 def test_model_training_step_is_the_same_on_either_attention_path(monkeypatch):
     """The whole model's loss and every parameter gradient agree between the explicit and the SDPA path."""
     from foundry.modules import attention as A
 
     x, y = tokens(3), tokens(4)
     out = []
-    for limit in (A.EXPLICIT_CAUSAL_MAX_T, 0):
-        monkeypatch.setattr(A, "EXPLICIT_CAUSAL_MAX_T", limit)
+    for explicit in (True, False):
+        monkeypatch.setattr(A, "explicit_causal_pays", lambda: explicit)
         torch.manual_seed(0)
         model = GPT(cfg_())
         loss, _ = model(x, y)

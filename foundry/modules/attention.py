@@ -147,6 +147,14 @@ def causal_allowed(Tq: int, Tk: int, device) -> torch.Tensor:
 EXPLICIT_CAUSAL_MAX_T = 128
 
 
+@functools.lru_cache(maxsize=1)
+def explicit_causal_pays() -> bool:
+    """Whether this CPU takes the explicit path at all: where torch dispatches its AVX-512 kernels, the flash
+    kernel's wider vectors win instead (Intel Sapphire Rapids, 2 threads, heads as the model produces them:
+    explicit 0.8x SDPA at T=64, head size 32; BENCHMARKS.md). ATEN_CPU_CAPABILITY=avx2 forces the AVX2 rule."""
+    return torch.backends.cpu.get_cpu_capability() != "AVX512"
+
+
 @functools.lru_cache(maxsize=8)
 def _causal_bias(T: int) -> torch.Tensor:
     """(T, T) float32 additive mask: 0 where key <= query, -inf above the diagonal (CPU, read-only)."""
@@ -210,7 +218,7 @@ def attend(q, k, v, *, allowed=None, bias=None, softcap: float = 0.0, dropout: f
     if allowed is None and bias is None:
         if (causal and Tq == Tk and 1 < Tk <= EXPLICIT_CAUSAL_MAX_T and dropout == 0.0 and q.device.type == "cpu"
                 and q.dtype == torch.float32 and torch.is_grad_enabled() and q.requires_grad and scale is None
-                and v.shape[-1] == q.shape[-1]):
+                and v.shape[-1] == q.shape[-1] and explicit_causal_pays()):
             return _explicit_causal(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and Tq > 1, scale=scale)
     mask = None if bias is None else bias.to(q.dtype)
