@@ -381,3 +381,29 @@ def test_distillation_loss_is_the_weighted_sum_of_cross_entropy_and_kl_to_the_te
     assert float(loss) == pytest.approx(0.7 * ce + 0.3 * kl, rel=1e-4)
     obj.teacher = student
     assert float(obj.loss(student, (x, y))[1]["kl"]) == pytest.approx(0, abs=1e-5)
+
+
+def test_sweep_heal_ranks_surgeries_of_a_trained_parent_after_equal_healing(trained_parent, tmp_path):
+    """`sweep --heal`: every candidate is a surgery of the base's init_from, healed on the same tokens; the
+    baseline is the parent healed alike; the report puts the cost before healing beside the result after."""
+    import yaml
+
+    from foundry.sweep.runner import SweepOptions, run_sweep
+
+    parent_dir, data = trained_parent
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"init_from": str(parent_dir), "data": {"path": str(data)},
+                                    "training": {"device": "cpu", "num_threads": 1}, "out_dir": "unused"}))
+    out = tmp_path / "sw"
+    res = run_sweep(SweepOptions(type="attention", variants=["mqa", "sliding_8"], base=str(base), seeds=1,
+                                 confirm_seeds=2, out=str(out), store=str(tmp_path / "s.sqlite"), quiet=True,
+                                 budget="tokens=512", heal="tokens=512,batch=4,lr=3e-3"))
+    assert res["results"]["attention_mqa"]["status"] == "done"
+    assert res["results"]["attention_sliding_8"]["status"] == "refused"   # no weight transfer into it
+    trial = yaml.safe_load(next((out / "trials" / "attention_mqa").glob("s*/config.yaml")).read_text())
+    assert trial["init_from"] == str(out / "surgery" / "attention_mqa" / "child")
+    assert trial["lineage"]["heal"]["surgery"] == "attention mqa"
+    base_trial = yaml.safe_load(next((out / "trials" / "baseline").glob("s*/config.yaml")).read_text())
+    assert base_trial["init_from"] == str(out / "surgery" / "baseline" / "child")
+    report = (out / "report.md").read_text()
+    assert "## Surgery: cost before healing, result after" in report and "| attention_mqa |" in report

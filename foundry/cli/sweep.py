@@ -90,6 +90,10 @@ def _decision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="on resume, run failed trials again")
     p.add_argument("--progress", type=float, default=30.0, metavar="S",
                    help="seconds between progress tables when stdout is not a terminal (default 30)")
+    p.add_argument("--heal", metavar="tokens=N[,...]",
+                   help="rank surgeries of a pretrained model: every candidate is the base's init_from mutated with "
+                        "its weights transferred (foundry.surgery), then healed on N tokens of data.path (lora=R, "
+                        "distill=A, lr=X as in python -m foundry.surgery); the baseline is the parent healed alike")
     p.add_argument("--quiet", action="store_true", help="print only errors")
 
 
@@ -99,16 +103,29 @@ def default_out(type_name: str, variants: list[str]) -> str:
     return f"runs/sweep_{type_name}_{'_'.join(safe_fragment(v) for v in variants)}"[:120]
 
 
+def _heal_budget(heal: str | None) -> str | None:
+    """--heal's tokens as the sweep's budget, so every candidate heals on exactly as many tokens."""
+    if not heal:
+        return None
+    from foundry.surgery.heal import HealBudget
+    return f"tokens={HealBudget.parse(heal).tokens}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from foundry.mutate import MutationError
     from foundry.sweep.runner import SweepError, SweepOptions, run_sweep
 
+    try:
+        heal_budget = _heal_budget(args.heal)
+    except ConfigError as e:  # a bad --heal fails before anything is planned
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     opts = SweepOptions(type=args.type, variants=args.variants, base=args.base, experiments=args.experiments,
                         tasks=args.tasks, eval_limit=args.eval_limit, eval_data=args.eval_data,
                         promote=args.promote, jobs=args.jobs, seeds=args.seeds, confirm_seeds=args.confirm_seeds,
                         adaptive=args.adaptive, search=args.search, trials=args.trials,
-                        budget=args.budget, overrides=args.overrides,
+                        budget=args.budget or heal_budget, overrides=args.overrides, heal=args.heal,
                         out=args.out or default_out(args.type, args.variants), store=args.store, halving=args.halving,
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
                         executor=args.executor, cluster=args.cluster, threads=args.threads,

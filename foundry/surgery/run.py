@@ -49,7 +49,8 @@ def load_parent(spec: str, device: str = "cpu") -> Parent:
     from foundry.zoo import load_pretrained
 
     pre = load_pretrained(spec, device=device, dtype="float32", quiet=True)
-    cfg = from_dict({"base_model": "v2", "model_args": dataclasses.asdict(pre.config),
+    args = json.loads(json.dumps(dataclasses.asdict(pre.config)))   # tuples as lists, as YAML would give them
+    cfg = from_dict({"base_model": "v2", "model_args": args,
                      "out_dir": f"runs/{Path(str(spec)).name}"})
     return Parent(pre.model, cfg, Path(pre.source) / "tokenizer.json", str(spec))
 
@@ -87,7 +88,10 @@ def measured_windows(parent: Parent, data_dir: Path, m: Measure):
     if data.vocab_size > parent.model.cfg.vocab_size:
         raise ConfigError(f"{data_dir}: its tokenizer has {data.vocab_size} tokens, more than the parent's "
                           f"vocabulary ({parent.model.cfg.vocab_size}); prepare it with the parent's tokenizer")
-    return windows(data.train, m.calib_tokens, m.window), windows(data.val, m.heldout_tokens, m.window + 1)
+    width = m.window
+    if parent.model.pos.max_positions is not None:  # a learned position table bounds the window
+        width = min(width, parent.model.pos.max_positions)
+    return windows(data.train, m.calib_tokens, width), windows(data.val, m.heldout_tokens, width + 1)
 
 
 def operate_and_measure(parent: Parent, type_name: str, variant: str, data_dir: Path, out: Path, *,
@@ -96,13 +100,9 @@ def operate_and_measure(parent: Parent, type_name: str, variant: str, data_dir: 
                         train_block: int | None = None, say=print) -> dict:
     """The surgery, its cost before healing (printed), the child saved as out/child (a run directory) and the
     record written to out/surgery.json; returns the record (its "config" is the child's experiment).
-
-    train_block: the healing windows. A finetune takes its base's architecture (init_from), block_size
-    included, so the child is saved with block_size = train_block when its positions are not a learned table
-    (RoPE, NoPE, ALiBi: block_size then bounds nothing but the training windows)."""
-    from foundry.checkpoint import save_checkpoint
+    train_block: the healing windows (see save_run)."""
     from foundry.surgery import cost as C
-    from foundry.surgery.transforms import operate, reinit_changed
+    from foundry.surgery.transforms import from_scratch, operate, reinit_changed
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -111,21 +111,39 @@ def operate_and_measure(parent: Parent, type_name: str, variant: str, data_dir: 
                 config_only=config_only, parent_name=parent.name, depth_method=depth_method, seed=seed)
     if init == "random":
         s = reinit_changed(s, parent.model, parent.config, calib, seed=seed)
-    prompt = heldout[0, :32].tolist() if measure.decode_tokens else None
+    elif init == "scratch":
+        s = from_scratch(s, seed=seed)
+    elif init != "transferred":
+        raise ConfigError(f"init {init!r}: transferred, random (changed layers re-initialised) or scratch")
+    prompt = heldout[0, :min(32, heldout.shape[1] // 2)].tolist() if measure.decode_tokens else None
     before = C.surgery_cost(parent.model, s.model, heldout, decode_prompt=prompt, decode_tokens=measure.decode_tokens,
                             decode_rounds=measure.decode_rounds)
     say(C.format_cost(before, f"{s.mutation} on {parent.name} ({s.method}; exact: {s.exact}), before healing:"))
     child_dir = out / "child"
-    if train_block and s.config.model_args.position != "learned" and train_block < s.config.model_args.block_size:
-        s.config = s.config.replace({"model_args.block_size": train_block})
-    save_checkpoint(child_dir / "ckpt_best", s.model, {"iter": 0}, s.config.to_yaml())
-    shutil.copyfile(parent.tokenizer_path, child_dir / "tokenizer.json")
+    s.config = save_run(s.model, s.config, parent.tokenizer_path, child_dir, train_block=train_block)
     record = {"parent": parent.name, "mutation": s.mutation, "method": s.method, "exact": s.exact, "init": init,
               "seed": seed, "details": s.details, "before": before, "data": str(data_dir),
               "calib_tokens": int(calib.numel()), "child": str(child_dir), "seconds": time.perf_counter() - t0,
               "config": s.config}
     _write_record(out, record)
     return record
+
+
+def save_run(model, cfg: ExperimentConfig, tokenizer_path: Path, run_dir: Path,
+             train_block: int | None = None) -> ExperimentConfig:
+    """Save a model as a run directory (ckpt_best/ + tokenizer.json) that load_run and init_from read;
+    returns the config saved with it.
+
+    train_block: the healing windows. A finetune takes its base's architecture (init_from), block_size
+    included, so the model is saved with block_size = train_block when its positions are not a learned
+    table (RoPE, NoPE, ALiBi: block_size then bounds nothing but the training windows)."""
+    from foundry.checkpoint import save_checkpoint
+
+    if train_block and cfg.model_args.position != "learned" and train_block < cfg.model_args.block_size:
+        cfg = cfg.replace({"model_args.block_size": train_block})
+    save_checkpoint(run_dir / "ckpt_best", model, {"iter": 0}, cfg.to_yaml())
+    shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
+    return cfg
 
 
 def heal_and_measure(record: dict, parent: Parent, budget: HealBudget, out: Path, *, measure: Measure = Measure(),

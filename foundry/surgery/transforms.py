@@ -125,9 +125,21 @@ def reinit_changed(s: Surgery, parent: GPT, parent_cfg: ExperimentConfig, calib=
                         mod.bias.zero_()
                 elif isinstance(getattr(mod, "weight", None), nn.Parameter):
                     mod.weight.fill_(1.0)  # a norm inside the layer (MLA's latent or query norm)
-    s.method, s.exact = f"control: {part} layers re-initialised (seed {seed})", False
+    return _relabel(s, f"control: {part} layers re-initialised (seed {seed})")
+
+
+def from_scratch(s: Surgery, *, seed: int = 0) -> Surgery:
+    """The other control: the mutated config with every weight freshly initialised (what training the
+    mutation from scratch starts from)."""
+    torch.manual_seed(seed)
+    s.model = GPT(s.config.model_args).to(dtype=next(s.model.parameters()).dtype)
+    return _relabel(s, f"control: fresh initialisation (seed {seed})")
+
+
+def _relabel(s: Surgery, method: str) -> Surgery:
+    s.method, s.exact = method, False
     lineage = dict(s.config.lineage)
-    lineage["surgery"] = {**lineage.get("surgery", {}), "method": s.method, "exact": False}
+    lineage["surgery"] = {**lineage.get("surgery", {}), "method": method, "exact": False}
     s.config = s.config.replace({"lineage": lineage})
     return s
 

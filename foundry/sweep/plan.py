@@ -55,12 +55,16 @@ class SweepOptions:
     progress: float = 30.0
     retry_failed: bool = False
     quiet: bool = False
+    heal: str | None = None              # --heal: candidates are surgeries of base.init_from, healed (foundry.surgery)
 
     def identity(self) -> dict:
         """What makes two invocations the same sweep (resume needs the same identity)."""
         keys = ("type", "variants", "tasks", "eval_limit", "seeds", "confirm_seeds", "adaptive", "budget",
                 "overrides", "halving", "eta", "rungs", "alpha", "min_effect", "search", "trials")
-        return {k: getattr(self, k) for k in keys}
+        ident = {k: getattr(self, k) for k in keys}
+        if self.heal:  # only when set, so sweeps started before --heal existed still resume
+            ident["heal"] = self.heal
+        return ident
 
     def check(self) -> None:
         """Refuse bad numbers before anything is planned or trained."""
@@ -180,6 +184,9 @@ def plan_candidates(base: ExperimentConfig, base_path: str, opts: SweepOptions,
     kept, with the reason, but not trained; an unknown variant refuses the whole sweep."""
     from foundry.mutate import get_type
     get_type(opts.type)  # unknown type: fail before anything runs
+    if opts.heal:  # surgeries of a pretrained base, each healed on the same tokens (foundry/surgery/sweep.py)
+        from foundry.surgery.sweep import healing_candidates
+        return healing_candidates(base, base_path, opts, variants)
     cands = [Candidate("baseline", base, None)]
     seen = {base.hash(): "baseline"}
     for v in opts.variants if variants is None else variants:

@@ -55,6 +55,9 @@ def write_report(out: Path, state: dict, summary: dict, curves: dict) -> list[Pa
              f"- eval tasks: {', '.join(ident['tasks']) or 'none (validation bits per byte)'}",
              f"- successive halving: {halving}", f"- compute: {dec['compute']['text']}", ""]
     lines += _ranking(results, order, dec)
+    if ident.get("heal"):  # --heal: each candidate's surgery cost before healing beside its result after
+        from foundry.surgery.sweep import report_lines
+        lines += report_lines(out, results)
     lines += _decision(dec, summary.get("promoted"))
     lines += ["## Plots", "", *([f"![{p.stem}]({p.name})" for p in plots] or [plot_note]), ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
