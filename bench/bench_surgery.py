@@ -79,6 +79,8 @@ def main(argv=None) -> int:
 
 
 def table(results: dict, surgeries: list[str], arms: list[str], seeds: int) -> str:
+    from foundry.surgery.run import recovered_share
+
     def mean(vals):
         vals = [v for v in vals if v is not None]
         return statistics.mean(vals) if vals else float("nan")
@@ -103,7 +105,7 @@ def table(results: dict, surgeries: list[str], arms: list[str], seeds: int) -> s
             f"{b0['kv_bytes_parent']:,} -> {b0['kv_bytes_child']:,} | {dec} | {mean([r['before']['kl'] for r in tr]):.3f} | "
             f"{b0['ppl_parent']:.1f} -> {mean([r['before']['ppl_child'] for r in tr]):.1f} | "
             f"{mean([r['after']['kl'] for r in tr]):.3f} | {ppl('transferred')} | "
-            f"{mean([r['recovered_share'] for r in tr]):.1%} | {ppl('random')} | {ppl('scratch')} | "
+            f"{mean([recovered_share(r['before'], r['after']) for r in tr]):.1%} | {ppl('random')} | {ppl('scratch')} | "
             f"{tr[0]['heal_tokens']:,} |")
     return "\n".join(lines)
 

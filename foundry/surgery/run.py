@@ -149,7 +149,7 @@ def save_run(model, cfg: ExperimentConfig, tokenizer_path: Path, run_dir: Path,
 def heal_and_measure(record: dict, parent: Parent, budget: HealBudget, out: Path, *, measure: Measure = Measure(),
                      device: str = "cpu", say=print) -> dict:
     """Heal the child of `record` (out/heal, through foundry.train), then measure KL and perplexity again on the
-    same held-out windows; the record gains "after", "heal" and "recovered_share" (of the perplexity lost)."""
+    same held-out windows; the record gains "after", "heal" and "recovered_share" (of the loss increase, in nats)."""
     from foundry.surgery.cost import next_token_divergence
     from foundry.surgery.heal import heal, healing_experiment, load_healed
 
@@ -161,16 +161,26 @@ def heal_and_measure(record: dict, parent: Parent, budget: HealBudget, out: Path
     healed = load_healed(out / "heal", device)
     after = next_token_divergence(parent.model, healed, heldout)
     before = record["before"]
-    lost = before["ppl_child"] - before["ppl_parent"]
     record.update({"after": after, "config": cfg, "heal": {**cfg.lineage["heal"], "seconds": time.perf_counter() - t0,
                    "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}},
-                   "recovered_share": (before["ppl_child"] - after["ppl_child"]) / lost if lost > 0 else None})
+                   "recovered_share": recovered_share(before, after)})
     say(f"after healing on {cfg.lineage['heal']['tokens']:,} tokens: KL {after['kl']:.4f}, perplexity "
         f"{after['ppl_child']:.3f} (parent {after['ppl_parent']:.3f})"
-        + (f"; recovered {record['recovered_share']:.1%} of the perplexity lost"
+        + (f"; recovered {record['recovered_share']:.1%} of the loss increase"
            if record["recovered_share"] is not None else ""))
     _write_record(out, record)
     return record
+
+
+def recovered_share(before: dict, after: dict) -> float | None:
+    """The share of the surgery's held-out loss increase that healing won back, in nats per token (log
+    perplexity): (ln ppl_before - ln ppl_after) / (ln ppl_before - ln ppl_parent); None if nothing was lost."""
+    import math
+
+    lost = math.log(before["ppl_child"]) - math.log(before["ppl_parent"])
+    if lost <= 0:
+        return None
+    return (math.log(before["ppl_child"]) - math.log(after["ppl_child"])) / lost
 
 
 def _write_record(out: Path, record: dict) -> None:
