@@ -104,7 +104,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+def pick_dtype(name: str, device: torch.device, mc=None) -> torch.dtype:
     """`auto`: bf16 autocast on CUDA cards that support it, and on CPUs with AMX tiles (Intel Sapphire Rapids
     and later), where oneDNN runs bf16 GEMMs on the matrix units at several times the fp32 rate; fp32 on
     other CPUs, where bf16 has no hardware path and is emulated: on this project's CPU (AVX2, no
@@ -187,6 +187,51 @@ def tune_cpu_malloc() -> bool:
         return libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
     except (OSError, AttributeError):
         return False
+
+
+def cpu_busy_elsewhere(seconds: float = 0.1) -> float | None:
+    """Cores' worth of CPU that other processes used over the next `seconds` (/proc/stat, before this process
+    does any work), or None where that cannot be read (not Linux)."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return ticks[3] + ticks[4], sum(ticks)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def tune_omp_wait(threads: int | None, busy: float | None = None) -> str | None:
+    """On a CPU that other processes keep busy, let OpenMP's idle threads sleep instead of spinning; returns
+    why, or None when nothing was changed. Must run before torch is imported (libgomp reads it as it loads).
+
+    torch's CPU kernels end every parallel region at a barrier, and libgomp's idle threads spin there for up
+    to 300,000 iterations before sleeping. When other processes hold the cores, the thread a barrier waits
+    for is descheduled while its partner burns its own time slice spinning: on the 2-core development VM at
+    load average 10-17, a 2-thread training step of experiments/shakespeare_char_cpu.yaml took 2.2-3.5 s
+    with the default policy and 0.15-0.29 s with OMP_WAIT_POLICY=PASSIVE (BENCHMARKS.md). Taken when the
+    CPU that others use (`busy`, cores' worth, measured over 0.1 s by default) plus the run's threads exceeds
+    the cores by half a core, so an idle machine keeps the default's wake-up latency; a user's own
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins. The policy changes no result, only how threads wait."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ or "torch" in sys.modules:
+        return None
+    cores = os.cpu_count() or 1
+    threads = threads or cores
+    if threads < 2:
+        return None
+    busy = cpu_busy_elsewhere() if busy is None else busy
+    if busy is None or busy + threads <= cores + 0.5:
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return (f"OpenMP threads sleep when idle (OMP_WAIT_POLICY=PASSIVE): other processes use {busy:.1f} of "
+            f"{cores} cores and this run wants {threads} threads; set OMP_WAIT_POLICY yourself to choose")
 
 
 def fmt_eta(seconds: float) -> str:
@@ -439,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(f"# config hash {cfg.hash()}\n" + cfg.to_yaml(used_only=True), end="")
             return 0
+        why = tune_omp_wait(cfg.training.num_threads) if cfg.training.device in ("cpu", "auto") else None
+        if why and not args.quiet and int(os.environ.get("RANK", "0")) == 0:
+            print(f"note: {why}", flush=True)
         run = lambda: train(cfg, resume=args.resume, quiet=args.quiet, loggers=tuple(args.loggers))  # noqa: E731
         if args.no_store or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 records
             run()

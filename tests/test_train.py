@@ -234,3 +234,28 @@ def test_dtype_auto_follows_the_hardware(monkeypatch):
     assert T.pick_dtype("float32", cpu) == torch.float32  # an explicit choice always wins
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert T.pick_dtype("auto", cpu) == torch.float32      # a torch that cannot tell: fp32
+
+
+def test_omp_threads_sleep_only_on_a_busy_cpu(monkeypatch):
+    """OMP_WAIT_POLICY=PASSIVE is set when others' CPU use plus the run's threads exceed the cores, before
+    torch is imported; an idle machine, the user's own setting, or an already-loaded torch leave it alone."""
+    import os
+    import sys
+
+    from foundry import train as T
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(var, "")  # recorded, so the teardown restores this process's own setting
+        monkeypatch.delenv(var)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delitem(sys.modules, "torch")  # as in `python -m foundry.train` before it imports torch
+    assert T.tune_omp_wait(2, busy=0.1) is None and "OMP_WAIT_POLICY" not in os.environ
+    assert T.tune_omp_wait(1, busy=1.9) is None and "OMP_WAIT_POLICY" not in os.environ  # no barrier to wait at
+    why = T.tune_omp_wait(None, busy=1.2)  # num_threads unset: torch takes every core
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "use 1.2 of 2 cores" in why
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert T.tune_omp_wait(2, busy=2.0) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    assert T.tune_omp_wait(2, busy=2.0) is None and "OMP_WAIT_POLICY" not in os.environ  # libgomp already loaded
+    assert 0.0 <= T.cpu_busy_elsewhere(0.05) <= 2.0 + 1e-9  # this machine's own reading, in cores
