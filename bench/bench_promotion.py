@@ -7,7 +7,7 @@
 data) and appends one JSON line per sweep to bench_promotion_real.jsonl: `null` (baseline vs 6 `seed` copies,
 --promote), `nudge` (6 learning-rate nudges of 0.1-0.3%), `planted` (lr x10 fixes a 10x too small rate, with two
 worse mutants), `adaptive` (fixed vs --adaptive on the null and the planted case, 5 seeds), `tpe` (--search tpe
-with 4 trials vs a 4-point log grid over x1..x100 at the same compute). Each repeat shifts training.seed so
+with 4 trials vs a 4-point log grid over x2..x64 at the same compute). Each repeat shifts training.seed so
 the sweeps are independent.
 
 Synthetic sweeps of the baseline and K mutants. The validation bits per byte of candidate j on seed s is
@@ -23,7 +23,7 @@ Rules: `old` (the previous rule: best of K by mean, one paired t-test on the sam
 from 2 seeds with early stops, confirmation looks 3..S with O'Brien-Fleming spending). Nulls: `zero` (every
 gain 0, default margin), `at-margin` (--min-effect 0.5 and every gain exactly 0.5: the least favourable null),
 `zero-m0` (--min-effect 0, every gain 0). Power: one mutant with the gain the report calls detectable
-(its 80%- and 90%-power sizes from foundry.sweep.decision.noise_floor, median over the null sweeps) and K-1 nulls.
+(its 80%- and 90%-power sizes from foundry.sweep.decision.noise_floor, median over 100 null sweeps) and K-1 nulls.
 A capability metric (100 right/wrong items per seed, item difficulty and seed effects) is simulated the same way
 with the seed x item crossed test.
 """
@@ -125,7 +125,7 @@ def _adaptive_screen(g, alive, S, margin):
     return n
 
 
-def rule_new(rng, N, K, S, gains, halving, adaptive=False, min_effect=None):
+def rule_new(rng, N, K, S, gains, halving, adaptive=False, min_effect=None, detect=False):
     g, y, alive = _screen_data(rng, N, K, S, gains, halving)
     rule = D.Rule(alpha=ALPHA, min_effect=min_effect, screen_seeds=S, confirm_seeds=S, adaptive=adaptive)
     n_base = np.full(N, D.MIN_SCREEN if adaptive else S)
@@ -155,8 +155,10 @@ def rule_new(rng, N, K, S, gains, halving, adaptive=False, min_effect=None):
     pooled = np.sqrt((((g - mean_fill(g, n)[..., None]) ** 2) * (np.arange(S) < n[..., None])).sum((1, 2))
                      / np.maximum((np.maximum(n - 1, 0)).sum(1), 1))
     runs = n.sum(1) + n_base + 2 * used
-    det = [[detectable_gain(float(pooled[i]), S, float(margin[i]), bounds[-1], pw, int(margin_df[i]))
-            for i in range(min(N, 100))] for pw in (0.8, 0.9)]
+    rule_nf = D.Rule(alpha=ALPHA, screen_seeds=S, confirm_seeds=S, adaptive=adaptive)
+    paired_df = np.maximum(n - 1, 0).sum(1)
+    det = [[D.noise_floor(float(pooled[i]), int(paired_df[i]), rule_nf, float(margin[i]), int(margin_df[i]))
+            [f"detectable_{pw}"] for i in range(min(N, 100))] for pw in (80, 90)]
     return promoted, {"runs": runs, "margin": margin, "paired_sd": pooled, "g": g, "n": n, "d": d, "w": w,
                       "y": y, "detectable": [float(np.nanmedian(x)) for x in det]}
 
@@ -252,7 +254,7 @@ def _setting(rng, N, K, S, halving) -> list[dict]:
         row = {"K": K, "seeds": S, "halving": halving, "rule": "new-adaptive" if adaptive else "new",
                "sims": N, "old_rule_false_promotion": float(old.mean())}
         for null, me, gain in (("zero", None, 0.0), ("at-margin", 0.5, 0.5), ("zero-m0", 0.0, 0.0)):
-            p, info = rule_new(rng, N, K, S, np.full(K, gain), halving, adaptive, me)
+            p, info = rule_new(rng, N, K, S, np.full(K, gain), halving, adaptive, me, detect=null == "zero")
             row[f"fp_{null}"] = float(p.mean())
             row[f"ok_{null}"] = binom_ok(p.mean(), N)
             if null == "zero":
@@ -285,8 +287,8 @@ REAL = {"null": (["seed", "1000", "2000", "3000", "4000", "5000", "6000"], ["--s
         "planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "3"]),
         "adaptive-null": (["seed", "1000", "2000", "3000"], ["--seeds", "5"]),
         "adaptive-planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "5"]),
-        "tpe": (["lr", "x1", "x100"], ["--seeds", "2", "--search", "tpe", "--trials", "4"]),
-        "grid": (["lr", "x1", "x4.64", "x21.5", "x100"], ["--seeds", "2"])}
+        "tpe": (["lr", "x2", "x64"], ["--seeds", "2", "--search", "tpe", "--trials", "4"]),
+        "grid": (["lr", "x2", "x6.35", "x20.2", "x64"], ["--seeds", "2"])}
 
 
 def real_sweep(work: Path, name: str, args: list[str], rep: int) -> dict:

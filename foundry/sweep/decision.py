@@ -172,15 +172,29 @@ def confirm_step(rule: Rule, margin: float, gains: list[float] | np.ndarray, loo
     return "more", test
 
 
-def noise_floor(screen_tests: dict[str, dict], rule: Rule, margin: float, margin_df: int = 0) -> dict:
-    """The paired seed-to-seed SD (pooled over every mutant's screening gains) and the smallest gain the
-    confirmation could detect with `n` seeds at 80% and 90% power."""
-    sd, df = pooled_sd([t["diffs"] for t in screen_tests.values()])
+def paired_noise(screen_tests: dict[str, dict]) -> tuple[float, int]:
+    """The paired seed-to-seed SD of the gain, pooled over every mutant's screening seeds, and its df."""
+    return pooled_sd([t["diffs"] for t in screen_tests.values()])
+
+
+def noise_floor(sd: float, df: int, rule: Rule, margin: float, margin_df: int = 0, upper: float = 0.8) -> dict:
+    """The paired seed-to-seed SD `sd` (on `df` degrees of freedom, see paired_noise) and the smallest gain the
+    confirmation could detect with its seeds at 80% and 90% power. Both noise figures enter at their `upper`
+    one-sided confidence bound (sd * sqrt(df / chi2_{1-upper, df})): from 2-5 seeds a plug-in SD is low as often
+    as high, and a report that over-promised its power would invite reading a miss as no effect."""
     n = rule.confirm_seeds
     crit = rule.bounds()[-1]
-    return {"paired_sd": sd, "paired_sd_df": df, "confirm_seeds": n,
-            "detectable_80": detectable_gain(sd, n, margin, crit, 0.8, margin_df),
-            "detectable_90": detectable_gain(sd, n, margin, crit, 0.9, margin_df)}
+    sd_up = _upper_sd(sd, df, upper)
+    m_up = _upper_sd(margin, margin_df, upper) if margin_df else margin
+    return {"paired_sd": sd, "paired_sd_df": df, "confirm_seeds": n, "upper_bound": upper,
+            "detectable_80": detectable_gain(sd_up, n, m_up, crit, 0.8, margin_df),
+            "detectable_90": detectable_gain(sd_up, n, m_up, crit, 0.9, margin_df)}
+
+
+def _upper_sd(sd: float, df: int, level: float) -> float:
+    if not df or not math.isfinite(sd):
+        return math.nan
+    return sd * math.sqrt(df / sps.chi2.ppf(1 - level, df))
 
 
 def verdict_text(verdict: str, win: str | None, test: dict | None, unit: str, margin: float) -> str:

@@ -236,7 +236,7 @@ class Sweep:
                 "unit": unit, "alpha": self.rule.alpha, "margin": margin, "margin_df": mdf, "margin_source": msrc,
                 "winner": win, "verdict": verdict, "promote": verdict == "promote", "test": test,
                 "screening": {k: _brief(t) for k, t in tests.items()}, "screen_seeds": screened,
-                "noise": D.noise_floor(tests, self.rule, margin, mdf), "how": how,
+                "noise": D.noise_floor(*D.paired_noise(tests), self.rule, margin, mdf), "how": how,
                 "ranking": ranking,
                 "text": D.verdict_text(verdict, win, test, unit, margin), "_results": res}
 

@@ -46,19 +46,28 @@ def _value(cfg, key: str) -> float:
 
 def search_range(sweep) -> tuple[Space, float, float]:
     """The space and its bounds, from the two variants resolved against the base."""
-    from foundry.mutate import MutationError, apply_mutation
+    from foundry.mutate import MutationError
     o = sweep.opts
     if o.type not in SPACES:
         raise SweepError(f"--search tpe searches a numeric type; {o.type!r} is not one of {', '.join(SPACES)}")
     space = SPACES[o.type]
     try:
-        lo, hi = sorted(_value(apply_mutation(sweep.base, o.type, v), space.key) for v in o.variants)
+        lo, hi = sorted(_bound(sweep.base, o.type, v, space.key) for v in o.variants)
     except MutationError as e:
         raise SweepError(f"--search tpe range {' '.join(o.variants)}: {e}") from None
     if not hi > lo or (space.log and lo <= 0):
         raise SweepError(f"--search tpe range {lo:g} .. {hi:g}: needs LOW < HIGH" +
                          (" and LOW > 0 (searched on a log scale)" if space.log else ""))
     return space, lo, hi
+
+
+def _bound(base, type_name: str, variant: str, key: str) -> float:
+    """A range end resolved against the base (an end equal to the base's value is a no-op mutation: that value)."""
+    from foundry.mutate import NoOpMutation, apply_mutation
+    try:
+        return _value(apply_mutation(base, type_name, variant), key)
+    except NoOpMutation:
+        return _value(base, key)
 
 
 def _variant(space: Space, x: float) -> str:
