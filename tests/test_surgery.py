@@ -375,9 +375,9 @@ def test_distillation_loss_is_the_weighted_sum_of_cross_entropy_and_kl_to_the_te
     with torch.no_grad():
         loss, parts = obj.loss(student, (x, y))
         s, t = student(x).flatten(0, 1) / 2.0, teacher(x).flatten(0, 1) / 2.0
+        ce = float(F.cross_entropy(student(x).flatten(0, 1), y.reshape(-1)))
     kl = sum(float((F.softmax(t[i], -1) * (F.log_softmax(t[i], -1) - F.log_softmax(s[i], -1))).sum())
              for i in range(s.shape[0])) / s.shape[0] * 4.0   # naive, token by token, times T^2
-        ce = float(F.cross_entropy(student(x).flatten(0, 1), y.reshape(-1)))
     assert float(parts["kl"]) == pytest.approx(kl, rel=1e-4)
     assert float(loss) == pytest.approx(0.7 * ce + 0.3 * kl, rel=1e-4)
     obj.teacher = student
