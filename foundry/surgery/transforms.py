@@ -96,7 +96,8 @@ def operate(parent: GPT, parent_cfg: ExperimentConfig, type_name: str, variant: 
         return _stamp(Surgery(child_cfg, child, mutation, "none: config-only mutation, fresh initialisation",
                               False), parent_name)
     child_cfg, child, exact, details = entry.fn(parent, parent_cfg, child_cfg, calib, **opts)
-    return _stamp(Surgery(child_cfg, child, mutation, entry.method, exact, details), parent_name)
+    method = details.pop("method", entry.method)  # a type with several transfers names the one it used
+    return _stamp(Surgery(child_cfg, child, mutation, method, exact, details), parent_name)
 
 
 def reinit_changed(s: Surgery, parent: GPT, parent_cfg: ExperimentConfig, calib=None, *, seed: int = 0) -> Surgery:
@@ -217,7 +218,8 @@ def attention(parent, parent_cfg, child_cfg, calib, **opts):
                 q, k, v = split_qkv(t, nh, nkv, hs)
                 getattr(cb.attn.qkv, name).copy_(torch.cat([q.flatten(0, 1), regroup_heads(k, n).flatten(0, 1),
                                                             regroup_heads(v, n).flatten(0, 1)]))
-    return child_cfg, child, n >= nkv, {"kv_heads": [nkv, n]}
+    how = "K/V heads mean-pooled per group (Ainslie et al. 2023)" if n < nkv else "K/V heads repeated (exact)"
+    return child_cfg, child, n >= nkv, {"kv_heads": [nkv, n], "method": how}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,7 +303,8 @@ def mha2mla(parent, parent_cfg, child_cfg, calib, **opts):
                 ca.wq.bias.copy_(bq[:, perm].flatten())
                 ca.kv_down.bias.copy_(torch.cat([bk.new_zeros(r), bk[:, rope_t].flatten()]))
                 ca.kv_up.bias.copy_(torch.cat([bk[heads][:, nope_t], bv[heads]], dim=1).flatten())
-    details = {"kv_rank": r, "full_rank": full, "rope_head_dim": dr, "rope_strategy": "S_high",
+    details = {"method": "MHA2MLA (Ji et al. 2025): partial RoPE (S_high) + joint SVD of K/V",
+               "kv_rank": r, "full_rank": full, "rope_head_dim": dr, "rope_strategy": "S_high",
                "svd_rel_error_mean": sum(errors) / len(errors), "svd_rel_error_max": max(errors)}
     return child_cfg, child, r == full and dr == rot, details
 
