@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from foundry.safeio import DamagedFileError, check_free_space, fmt_bytes, fsync_dir, guard_disk_full, write_file
@@ -79,9 +78,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, conf
     `NAME.prev1` (the oldest beyond `keep_previous` is dropped). `weights` (a full state dict, e.g. gathered
     from FSDP shards) replaces model.state_dict(); tied weights are stored once either way.
 
-    The files are serialised in memory first, so the exact size is known: a disk without that much room is
-    refused before anything is written, and any write that still fails leaves the previous checkpoints as
-    they were (DiskFullError names the path and the size)."""
+    The exact size is known before anything is written (the safetensors header is laid out first, state.pt
+    is serialised in memory), so a disk without that much room is refused up front, and any write that still
+    fails leaves the previous checkpoints as they were (DiskFullError names the path and the size)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if weights is None:
@@ -89,26 +88,63 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, state: dict, conf
     else:
         drop = aliased_names(model)
         tensors = {k: v.detach().contiguous().cpu() for k, v in weights.items() if k not in drop}
+    header, data_bytes = _safetensors_header(tensors)
     buf = io.BytesIO()
-    torch.save(state, buf)
-    blobs = {"model.safetensors": save_safetensors_bytes(tensors), "state.pt": buf.getvalue(),
-             "config.yaml": config_yaml.encode("utf-8")}
-    manifest = {"format": 1, "iter": state.get("iter"),
-                "files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in blobs.items()}}
-    blobs[MANIFEST] = (json.dumps(manifest, indent=1) + "\n").encode()
-    needed = sum(len(b) for b in blobs.values())
+    torch.save(state, buf)  # in memory: torch's zip writer turns a failed write into an errno-less RuntimeError
+    blobs = {"state.pt": buf.getbuffer(), "config.yaml": config_yaml.encode("utf-8")}
+    needed = len(header) + data_bytes + sum(len(b) for b in blobs.values())
     kept = (f"the previous checkpoint {path} is intact" if path.exists() else "no checkpoint was written")
     check_free_space(path, needed, kept)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
     try:
         with guard_disk_full(path, needed, kept):
-            for name, data in blobs.items():  # the manifest last: its presence means the rest was written
+            files = {"model.safetensors": _write_safetensors(tmp / "model.safetensors", header, tensors)}
+            for name, data in blobs.items():
                 write_file(tmp / name, data)
+                files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            manifest = {"format": 1, "iter": state.get("iter"), "files": files}
+            write_file(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())  # last: the rest is written
             fsync_dir(tmp)
         _swap_in(tmp, path, keep_previous)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# safetensors dtype names (the format's spec: huggingface/safetensors, "Format")
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def _safetensors_header(tensors: dict[str, torch.Tensor]) -> tuple[bytes, int]:
+    """(8-byte little-endian length + JSON header, padded with spaces to 8 bytes; bytes of tensor data). Each
+    tensor's data_offsets index the data that follows the header, in dict order, with no gaps."""
+    entries, offset = {}, 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        entries[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offset
+
+
+def _write_safetensors(path: Path, header: bytes, tensors: dict[str, torch.Tensor]) -> dict:
+    """Stream the weights to `path` tensor by tensor, hashing on the way (one pass over the bytes, no second
+    copy of the model in memory: `safetensors.torch.save` builds one and took 3x save_file's time here)."""
+    h, n = hashlib.sha256(header), len(header)
+    with open(path, "wb") as f:
+        f.write(header)
+        for t in tensors.values():
+            if t.numel():
+                raw = memoryview(t.reshape(-1).view(torch.uint8).numpy())  # (nbytes,) view of the same memory
+                h.update(raw)
+                f.write(raw)
+                n += len(raw)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": n, "sha256": h.hexdigest()}
 
 
 def _swap_in(tmp: Path, path: Path, keep: int) -> None:

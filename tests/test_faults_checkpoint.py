@@ -120,3 +120,20 @@ def test_a_checkpoint_set_aside_earlier_is_left_alone(tmp_path):
     said = []
     assert resume_checkpoint(tmp_path, say=said.append) == tmp_path / "ckpt_last" and said == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_last", "ckpt_last.prev1.damaged"]
+
+
+def test_weights_file_is_standard_safetensors_for_every_dtype(tmp_path):
+    """foundry streams model.safetensors itself (hashing on the way); the reference reader must read it back."""
+    import torch
+    from safetensors.torch import load_file
+
+    from foundry.checkpoint import save_checkpoint
+    tensors = {"f32": torch.randn(3, 5), "bf16": torch.randn(7).to(torch.bfloat16), "f16": torch.randn(2).half(),
+               "i64": torch.arange(4), "bool": torch.tensor([True, False, True]), "empty": torch.zeros(0, 3),
+               "scalar": torch.tensor(2.5)}
+    save_checkpoint(tmp_path / "ckpt", torch.nn.Linear(1, 1), {"iter": 1}, "a: 1\n", weights=tensors)
+    back = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    assert back.keys() == tensors.keys()
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t), k
+    assert inspect_checkpoint(tmp_path / "ckpt").intact
