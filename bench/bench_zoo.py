@@ -200,7 +200,10 @@ def bench_load(args) -> None:
     print(f"\nmedians: foundry load {f[0]:.2f} s, +forward {f[1]:.2f} s, anon {f[2] / 1e9:.2f} GB "
           f"({f[2] / size:.2f}x ckpt); transformers load {t[0]:.2f} s, +forward {t[1]:.2f} s, anon "
           f"{t[2] / 1e9:.2f} GB ({t[2] / size:.2f}x ckpt)")
-    print(f"ratios transformers / foundry: load {t[0] / f[0]:.2f}x, load + first forward {t[1] / f[1]:.2f}x; "
+    paired = sorted(b[1] / a[1] for a, b in zip(rows["foundry"], rows["transformers"]))
+    print(f"load + first forward, transformers / foundry per round: median {statistics.median(paired):.2f}x "
+          f"(range {paired[0]:.2f}-{paired[-1]:.2f}x)")
+    print(f"ratios of medians, transformers / foundry: load {t[0] / f[0]:.2f}x, load + first forward {t[1] / f[1]:.2f}x; "
           f"anon target <= 1.2x ckpt: {'met' if f[2] <= 1.2 * size else 'MISSED'}; load no slower than "
           f"transformers: {'met' if f[1] <= t[1] else 'MISSED'} (load + forward)")
 
@@ -254,7 +257,9 @@ def bench_decode(args) -> None:
         print(f"| {r} | {got['foundry'][-1]:.1f} | {got['transformers'][-1]:.1f} | "
               f"{got['foundry'][-1] / got['transformers'][-1]:.2f}x |", flush=True)
     f, t = statistics.median(got["foundry"]), statistics.median(got["transformers"])
-    print(f"\nmedian: foundry {f:.1f} tokens/s, transformers {t:.1f} tokens/s, foundry / transformers {f / t:.2f}x")
+    ratios = sorted(a / b for a, b in zip(got["foundry"], got["transformers"]))
+    print(f"\nmedian: foundry {f:.1f} tokens/s, transformers {t:.1f} tokens/s; foundry / transformers per round: "
+          f"median {statistics.median(ratios):.2f}x (range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
 
 
 def main(argv=None) -> int:
