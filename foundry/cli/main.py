@@ -15,6 +15,7 @@ COMMANDS = {
     "generate": ("foundry.generate", "continue a prompt with a run or a zoo checkpoint, streamed"),
     "chat": ("foundry.chat", "talk to a run or a zoo checkpoint (its chat template, its stop ids)"),
     "zoo": ("foundry.zoo.__main__", "pretrained checkpoints: list, info, export to Hugging Face"),
+    "surgery": ("foundry.surgery.__main__", "mutate a trained model keeping its weights: cost, then healing"),
 }
 
 

@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="child config override, e.g. --set model_args.mla.rope_head_dim=16 (repeatable)")
     p.add_argument("--config-only", action="store_true",
                    help="for a mutation with no weight transfer: the mutated config freshly initialised")
-    p.add_argument("--init", choices=("transferred", "random"), default="transferred",
+    p.add_argument("--init", choices=("transferred", "random", "scratch"), default="transferred",
                    help="random: re-initialise the layers the surgery changed (attention, MLP; for depth, drop "
-                        "random blocks) - the control that shows what the transfer is worth")
+                        "random blocks); scratch: every weight fresh - the controls that show what the transfer "
+                        "is worth")
     p.add_argument("--depth-method", choices=("bi", "angular"), default="bi",
                    help="depth: rank single blocks by block influence (ShortGPT) or spans by angular distance "
                         "(Gromov et al.)")
