@@ -11,8 +11,9 @@ local Hugging Face directory). Each turn renders the whole conversation so far a
   rendered by that Jinja template, as Hugging Face's apply_chat_template renders it (sandboxed environment,
   trim_blocks / lstrip_blocks, bos_token / eos_token, add_generation_prompt);
 - a foundry run, or any target with --format, uses a foundry chat format (foundry/data/chat.py: chatml,
-  llama3, alpaca; alpaca is single-turn, so each turn stands alone). A run defaults to chatml when its
-  tokenizer has the <|im_start|>/<|im_end|> tokens (foundry's bpe:N vocabularies do), else llama3's markers.
+  llama3, alpaca; alpaca is single-turn, so each turn stands alone). A finetuned run uses what it was trained
+  on: its data.chat_format, or its init_from base's template; other runs take chatml when the tokenizer has
+  the <|im_start|>/<|im_end|> tokens (foundry's bpe:N vocabularies do), else llama3's markers.
 
 The reply ends at the checkpoint's stop ids (generation_config.json's eos list), the format's end-of-turn
 token (<|im_end|>, <|eot_id|>, or eos for alpaca), --stop-id, or --max-new-tokens. When the conversation no
@@ -66,6 +67,7 @@ class ChatSession:
         self.messages: list[dict] = []
         tok = target.tokenizer
         stops = set(target.stop_ids) | set(extra_stop)
+        fmt = fmt or target.chat_format
         if fmt is None and target.chat_template is not None:
             self.format, self._template = "template", jinja_renderer(target.chat_template)
         else:

@@ -39,6 +39,7 @@ class Target:
     stop_ids: list[int]
     source: str
     chat_template: str | None = None
+    chat_format: str | None = None  # a run's data.chat_format (chatml, llama3, alpaca): what it was finetuned on
     run_config: object | None = None
     special_tokens: dict = field(default_factory=dict)  # role -> token text (bos, eos, ...), for templates
 
@@ -64,8 +65,9 @@ def load_target(target: str, device: str = "cpu", dtype: str | None = None) -> T
             run.model.to(torch_dtype)
         tok = run.tokenizer
         eos = tok.token_id("eos")
-        return Target(run.model, tok, [eos] if eos is not None else [], f"run {run.path}",
-                      run_config=run.config, special_tokens=dict(getattr(tok, "special_tokens", {})))
+        fmt, template = run_chat_format(run.config)
+        return Target(run.model, tok, [eos] if eos is not None else [], f"run {run.path}", chat_template=template,
+                      chat_format=fmt, run_config=run.config, special_tokens=dict(getattr(tok, "special_tokens", {})))
     from foundry.zoo import ZooError, load_pretrained
 
     try:
@@ -78,6 +80,30 @@ def load_target(target: str, device: str = "cpu", dtype: str | None = None) -> T
     tok = res.tokenizer
     return Target(res.model, tok, [int(i) for i in (res.stop_ids or [])], f"zoo {res.source}",
                   chat_template=res.chat_template, special_tokens=dict(getattr(tok, "special_tokens", {})))
+
+
+def run_chat_format(cfg) -> tuple[str | None, str | None]:
+    """(format, template) a run was finetuned with: data.chat_format names a foundry format, or 'template' (and
+    by default, with an init_from base that has one) the base checkpoint's own chat template, as the sft and
+    dpo objectives render it. (None, None) for a run that names neither (chat then picks by the tokenizer)."""
+    fmt = getattr(cfg.data, "chat_format", None)
+    base = getattr(cfg, "init_from", None)
+    if fmt not in (None, "template"):
+        return fmt, None
+    template = None
+    if base and not is_run_dir(Path(base).expanduser()):
+        from foundry.zoo import ZooError, find
+        from foundry.zoo.load import chat_template
+
+        try:
+            template = chat_template(find(base))
+        except (ZooError, FileNotFoundError):
+            template = None
+    if fmt == "template" and template is None:
+        raise ValueError(f"this run was finetuned on its base's chat template (data.chat_format: template), but "
+                         f"the base {base!r} is not found here to read it from; make the base available, or chat "
+                         f"with --format chatml|llama3|alpaca")
+    return None, template
 
 
 def pick_device(name: str) -> str:

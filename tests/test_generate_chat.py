@@ -205,6 +205,17 @@ def test_chat_run_uses_chatml_and_keeps_history(run_dir, tok):
     assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"]
 
 
+def test_chat_with_a_finetuned_run_uses_its_chat_format(run_dir, tok, tmp_path):
+    run = load_run(run_dir)
+    out = tmp_path / "sft"
+    save_checkpoint(out / "ckpt_best", run.model, {}, run.config.replace({"data.chat_format": "llama3"}).to_yaml())
+    tok.save(out / "tokenizer.json")
+    s = session_for(gen_cli.load_target(str(out)))
+    assert s.format == "llama3" and tok.token_id("eot") in s.stop_ids
+    assert tok.decode(s.render([{"role": "user", "content": "Hi"}])).startswith(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
+
+
 def test_chat_repl_reset_forgets_and_quit_ends(run_dir):
     target = gen_cli.load_target(str(run_dir))
     out, err = io.StringIO(), io.StringIO()
