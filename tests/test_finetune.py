@@ -260,3 +260,39 @@ def test_lora_mutations_write_the_readme_experiment_and_point_at_the_parent_run(
     assert apply_mutation(parent, "chat_format", "llama3").data.chat_format == "llama3"
     with pytest.raises(MutationError, match="valid variants"):
         apply_mutation(parent, "chat_format", "vicuna")
+
+
+def test_a_lora_sft_run_on_a_hf_base_exports_to_peft_and_merged_hf(tmp_path):
+    """The checkpoint's own chat template renders the examples; the run's adapters, exported in PEFT's format,
+    give the logits of the run loaded back (base + merged adapters); the merged export loads in transformers."""
+    peft = pytest.importorskip("peft")
+    import transformers
+    from hf_utils import save_tiny_checkpoint
+
+    from foundry.checkpoint import load_run
+    from foundry.cli.lora import main as lora_cli
+    from foundry.config import from_dict
+
+    base = save_tiny_checkpoint("llama", tmp_path / "base")
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(16))
+    cfg = from_dict({"init_from": str(base), "out_dir": str(tmp_path / "run"), "model_args": {"block_size": 64},
+                     "lora": {"rank": 4, "targets": ["attn.qkv", "mlp.fc"]},
+                     "data": {"path": str(data), "val_examples": 4},
+                     "training": {"objective": "sft", "max_iters": 4, "eval_interval": 4, "log_interval": 2,
+                                  "warmup_iters": 1, "learning_rate": 1e-2, "batch_size": 2, "sample_tokens": 0,
+                                  "device": "cpu", "dtype": "float32", "num_threads": 1}})
+    train(cfg, quiet=True)
+    assert json.loads(json.dumps(read_metrics(tmp_path / "run" / "metrics.jsonl")[0]))["data"] == "sft.jsonl"
+    assert lora_cli(["peft", str(tmp_path / "run"), str(tmp_path / "peft")]) == 0
+    assert lora_cli(["merged", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    ours = load_run(tmp_path / "run").model
+    idx = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mine = ours(idx)
+        pm = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
+                                            str(tmp_path / "peft")).eval()
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+        plain = transformers.AutoModelForCausalLM.from_pretrained(base).eval()
+        assert (mine - plain(idx).logits).abs().max() > 1e-4                  # training moved the adapters
+        torch.testing.assert_close(pm(idx).logits, mine, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(merged(idx).logits, mine, rtol=1e-4, atol=1e-4)

@@ -500,13 +500,16 @@ class SupervisedFinetuning(FinetuneObjective):
         loss, info = model(x, y, positions=pos, mask=attention_mask(doc))
         return loss, {"aux_loss": info.get("aux_loss")}
 
-    def evaluate(self, model, data: SFTData, device, ctx, info=None) -> dict:
-        """Mean cross-entropy over the assistant tokens of the held-out examples (nats/token)."""
+    def evaluate(self, model, data: SFTData, device, ctx, info=None, per_item: bool = False) -> dict:
+        """Mean cross-entropy over the assistant tokens of the held-out examples (nats/token); per_item adds
+        each example's mean ("items": [{"id", "loss"}], for the eval harness's paired comparison)."""
         from foundry.data.pack import attention_mask
 
         was = model.training
         model.eval()
         nats, n = 0.0, 0
+        ex_nats = torch.zeros(data.val.n_examples, dtype=torch.float64)
+        ex_n = torch.zeros(data.val.n_examples, dtype=torch.float64)
         B = self.cfg.training.batch_size
         with torch.no_grad():
             for i in range(0, data.val.tokens.shape[0], B):
@@ -514,11 +517,19 @@ class SupervisedFinetuning(FinetuneObjective):
                                                                                      data.val.tokens.shape[0]))), device)
                 with ctx:
                     logits = model(x, positions=pos, mask=attention_mask(doc))
-                nats += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                                                                 ignore_index=-1, reduction="sum"))
+                tok_nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                                            ignore_index=-1, reduction="none")  # (B T,)
+                nats += float(tok_nll.sum())
                 n += int((y != -1).sum())
+                keep = (y.flatten() != -1).cpu()
+                ids = doc.flatten().cpu()[keep]
+                ex_nats.index_add_(0, ids, tok_nll.detach().cpu().double()[keep])
+                ex_n.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
         model.train(was)
-        return {"val_loss": nats / max(n, 1), "val_tokens": n}
+        out = {"val_loss": nats / max(n, 1), "val_tokens": n}
+        if per_item:
+            out["items"] = [{"id": str(i), "loss": float(ex_nats[i] / ex_n[i])} for i in range(len(ex_n)) if ex_n[i] > 0]
+        return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -728,7 +739,7 @@ class DirectPreference(FinetuneObjective):
         st = self.pair_stats(model, batch)
         return st["losses"].mean(), {k: v.mean() for k, v in st.items() if "/" in k}
 
-    def evaluate(self, model, data: PairData, device, ctx, info=None, per_pair: bool = False) -> dict:
+    def evaluate(self, model, data: PairData, device, ctx, info=None, per_item: bool = False) -> dict:
         """Held-out pairs: the DPO loss (val_loss), the preference accuracy log pi(chosen) > log pi(rejected) (a tie
         counts 1/2, as the Constitution eval scores it), the implicit-reward accuracy and margin."""
         was = model.training
@@ -747,6 +758,6 @@ class DirectPreference(FinetuneObjective):
         out = {"val_loss": sum(acc["losses"]) / n, "val_pref_acc": sum(acc["pref"]) / n,
                "val_reward_acc": sum(acc["rewards/accuracies"]) / n, "val_margin": sum(acc["rewards/margins"]) / n,
                "val_pairs": n}
-        if per_pair:
-            out["pref"] = acc["pref"]
+        if per_item:
+            out["items"] = [{"id": str(i), "correct": p} for i, p in enumerate(acc["pref"])]
         return out

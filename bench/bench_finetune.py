@@ -1,0 +1,208 @@
+"""Finetuning benchmarks and checks on a real checkpoint (default: SmolLM2-135M-Instruct, bench/make_smollm2.py).
+
+    python bench/bench_finetune.py quality dpo --steps 40      # LoRA DPO on HH-RLHF: held-out preference accuracy
+    python bench/bench_finetune.py quality sft --steps 40      # LoRA SFT on GSM8K: held-out SFT loss
+    python bench/bench_finetune.py speed --rounds 3            # LoRA r=16 vs full finetuning: tokens/s, peak memory
+    python bench/bench_finetune.py dpo-ref --rounds 3          # DPO reference: adapters disabled vs a frozen copy
+
+`quality` scores the held-out items with the starting model and with the trained adapters (the same objective,
+data and reference) and compares them item by item with the eval harness's paired tests
+(foundry.eval.stats.compare_items: McNemar on the pairs, a paired bootstrap on the mean). `speed` and `dpo-ref`
+alternate fresh processes (A B A B ...), each building the run through the training core and timing
+`train_step` after warm-up steps; peak memory is the process's maximum resident set (getrusage), so the
+weights, the optimiser state and the activations all count.
+
+Data: ../shared/data (hh-rlhf/harmless-base_test.jsonl.gz; gsm8k/train.jsonl, turned into prompt/response
+records). HH-RLHF's first --reserved (500) records are left to the hh_rlhf eval, as data.reserved records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FOUNDRY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def gsm8k_sft(n: int, out: Path) -> Path:
+    """The first n GSM8K training problems as {"prompt", "response"} records."""
+    rows = [json.loads(x) for x in (DATA / "gsm8k" / "train.jsonl").read_text().splitlines()[:n]]
+    out.write_text("".join(json.dumps({"prompt": r["question"], "response": r["answer"]}) + "\n" for r in rows))
+    return out
+
+
+def experiment(kind: str, base: str, steps: int, tmp: Path, **over):
+    """The experiment as a raw mapping of the keys set here (init_from's checkpoint fills model_args)."""
+    from foundry.config import from_dict
+
+    common = {"init_from": base, "lora.rank": 16, "lora.alpha": 32, "training.max_iters": steps,
+              "training.eval_interval": steps, "training.log_interval": max(1, steps // 4),
+              "training.warmup_iters": max(1, steps // 10), "training.learning_rate": 2e-4, "training.min_lr": 2e-5,
+              "training.weight_decay": 0.0, "training.sample_tokens": 0, "training.batch_size": 4,
+              "model_args.block_size": 256, "out_dir": str(tmp / f"{kind}_run")}
+    if kind == "dpo":
+        common.update({"training.objective": "dpo", "training.dpo.beta": 0.1,
+                       "data.path": str(DATA / "hh-rlhf" / "harmless-base_test.jsonl.gz"), "data.reserved": 500,
+                       "data.val_examples": 200})
+    else:
+        common.update({"training.objective": "sft", "data.path": str(gsm8k_sft(1200, tmp / "gsm8k_sft.jsonl")),
+                       "data.val_examples": 100})
+    raw: dict = {}
+    for key, value in {**common, **over}.items():
+        *path, last = key.split(".")
+        d = raw
+        for part in path:
+            d = d.setdefault(part, {})
+        d[last] = value
+    return from_dict(raw)
+
+
+# --------------------------------------------------------------------------------------------------
+# quality: before vs after, item by item
+# --------------------------------------------------------------------------------------------------
+def quality(args) -> dict:
+    """The training core end to end (build_run, train_step, the objective's validation) on the real checkpoint:
+    held-out items scored before training and after args.steps steps, compared item by item."""
+    import torch
+
+    from foundry.eval.stats import compare_items
+    from foundry.lora import describe_trainable
+    from foundry.optim import lr_at
+    from foundry.train import autocast_ctx, pick_dtype
+    from foundry.trainer.core import TrainState, build_run, train_step
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(args.out or tempfile.mkdtemp(prefix="bench_ft_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = experiment(args.kind, args.base, args.steps, tmp, **dict(kv.split("=", 1) for kv in args.set))
+    t0 = time.perf_counter()
+    run = build_run(cfg, "cpu")
+    TrainState.start(run)
+    dev = torch.device("cpu")
+    ctx = autocast_ctx(dev, pick_dtype(run.cfg.training.dtype, dev))
+    print(f"{run.objective.describe(run.data)} | {describe_trainable(run.model)}", flush=True)
+    before = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
+    print("before:", {k: v for k, v in before.items() if k != "items"}, flush=True)
+    loss_of, log = run.loss_of(ctx), []
+    run.model.train()
+    for it in range(args.steps):
+        for g in run.optimizer.param_groups:
+            g["lr"] = lr_at(it, run.cfg.training)
+        step = train_step(run.model, run.optimizer, run.sampler.next_batch, loss_of, run.accum, 1.0)
+        row = {"iter": it + 1, "loss": float(step.loss), **{k: float(v) for k, v in step.parts.items()}}
+        log.append(row)
+        print(json.dumps(row), flush=True)
+    after = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
+    print("after:", {k: v for k, v in after.items() if k != "items"}, flush=True)
+    key = "correct" if args.kind == "dpo" else "loss"
+    cmp = compare_items(after["items"], before["items"], key=key)
+    res = {"kind": args.kind, "base": args.base, "steps": args.steps, "config": run.cfg.to_dict(),
+           "before": {k: v for k, v in before.items() if k != "items"},
+           "after": {k: v for k, v in after.items() if k != "items"}, "paired_after_vs_before": cmp,
+           "split": getattr(run.data, "split", None), "train_log": log, "wall_s": time.perf_counter() - t0}
+    (tmp / f"quality_{args.kind}.json").write_text(json.dumps(res, indent=2, default=str))
+    print(json.dumps({k: res[k] for k in ("before", "after", "paired_after_vs_before", "wall_s")}, indent=2,
+                     default=str))
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# speed / dpo-ref: one measurement per fresh process, alternated
+# --------------------------------------------------------------------------------------------------
+def measure(args) -> None:
+    """One process: build the run, warm up, time args.steps train_steps; print one JSON line."""
+    import torch
+
+    from foundry.lora import trainable_share
+    from foundry.train import autocast_ctx, pick_dtype
+    from foundry.trainer.core import build_run, train_step
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ft_m_"))
+    over = json.loads(args.over)
+    cfg = experiment(args.kind, args.base, 10, tmp, **over)
+    run = build_run(cfg, "cpu")
+    rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dev = torch.device("cpu")
+    loss_of = run.loss_of(autocast_ctx(dev, pick_dtype(cfg.training.dtype, dev)))
+    times = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        train_step(run.model, run.optimizer, run.sampler.next_batch, loss_of, run.accum, 1.0)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    k, n = trainable_share(run.model)
+    tokens = cfg.training.batch_size * run.objective.tokens_per_row()  # upper bound: rows x block (padded)
+    print(json.dumps({"label": args.label, "s_per_step": statistics.median(times), "rows_tokens_per_step": tokens,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "rss_after_build_mb": rss_built / 1024, "trainable": k, "total": n}))
+
+
+def alternate(args, variants: list[tuple[str, str, dict]]) -> list[dict]:
+    rows = []
+    for r in range(args.rounds):
+        for label, kind, over in variants:
+            cmd = [sys.executable, __file__, "_measure", label, kind, json.dumps(over), "--base", args.base,
+                   "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            row = json.loads(out)
+            row["round"] = r
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    by = {}
+    for row in rows:
+        by.setdefault(row["label"], []).append(row)
+    print("\nlabel            s/step (median)   peak RSS MB   trainable share")
+    for label, rs in by.items():
+        print(f"{label:<16} {statistics.median(r['s_per_step'] for r in rs):>10.3f}   "
+              f"{max(r['peak_rss_mb'] for r in rs):>12.0f}   {100 * rs[0]['trainable'] / rs[0]['total']:.2f}%")
+    a, b = list(by)[:2]
+    ratio = statistics.median(r["s_per_step"] for r in by[b]) / statistics.median(r["s_per_step"] for r in by[a])
+    print(f"step time {b} / {a}: {ratio:.2f}x")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("quality", "speed", "dpo-ref", "_measure"):
+        s = sub.add_parser(name)
+        if name == "quality":
+            s.add_argument("kind", choices=("dpo", "sft"))
+            s.add_argument("--out", default=None, help="where the run and quality_<kind>.json go (default: a temp dir)")
+            s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="experiment override")
+        if name == "_measure":
+            s.add_argument("label")
+            s.add_argument("kind")
+            s.add_argument("over")
+        s.add_argument("--base", default="smollm2-135m", help="zoo name or checkpoint directory (default smollm2-135m)")
+        s.add_argument("--steps", type=int, default=40 if name == "quality" else 4)
+        s.add_argument("--warmup", type=int, default=1)
+        s.add_argument("--rounds", type=int, default=3)
+        s.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.cmd == "quality":
+        quality(args)
+    elif args.cmd == "_measure":
+        measure(args)
+    elif args.cmd == "speed":
+        alternate(args, [("lora_r16", "sft", {}), ("full", "sft", {"lora.rank": 0, "training.learning_rate": 2e-5,
+                                                                     "training.min_lr": 2e-6})])
+    else:
+        alternate(args, [("ref_adapters_off", "dpo", {"training.dpo.reference": "adapters_off"}),
+                         ("ref_copy", "dpo", {"training.dpo.reference": "copy"})])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
