@@ -25,37 +25,14 @@ Commands at the prompt: /reset (forget the conversation), /system TEXT (set the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Callable
 
+from foundry.data.chat import compile_template
 from foundry.generate import Sampling, Target, add_sampling_args, prepare, sampling_from_args, stream_generate
 
 # the end-of-turn role of each foundry chat format (foundry/data/chat.py's special_roles)
 TURN_END = {"chatml": "im_end", "llama3": "eot", "alpaca": "eos"}
-
-
-def jinja_renderer(template: str) -> Callable[..., str]:
-    """Compile a Hugging Face chat template the way transformers does (its Jinja environment: sandboxed,
-    trim_blocks and lstrip_blocks, loop controls, `raise_exception`, a `tojson` that keeps non-ASCII, and
-    `strftime_now`, which Llama 3.x templates call for the date line)."""
-    from datetime import datetime
-
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    compiled = env.from_string(template)
-    return lambda **kw: compiled.render(**kw)
 
 
 class ChatSession:
@@ -69,7 +46,7 @@ class ChatSession:
         stops = set(target.stop_ids) | set(extra_stop)
         fmt = fmt or target.chat_format
         if fmt is None and target.chat_template is not None:
-            self.format, self._template = "template", jinja_renderer(target.chat_template)
+            self.format, self._template = "template", compile_template(target.chat_template)
         else:
             from foundry.data.chat import CHAT_FORMATS
 

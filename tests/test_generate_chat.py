@@ -17,6 +17,7 @@ from foundry import generate as gen_cli
 from foundry.checkpoint import load_run, save_checkpoint
 from foundry.config import ExperimentConfig
 from foundry.data import embedded
+from foundry.data.chat import compile_template
 from foundry.data.tokenize import BPETokenizer
 from foundry.model import GPT
 
@@ -254,7 +255,7 @@ def test_chat_template_renders_as_transformers_does(tok):
                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}\n")
     hf = PreTrainedTokenizerFast(tokenizer_object=tok._tok, bos_token="<|bos|>", eos_token="<|eos|>")
     hf.chat_template = template
-    render = chat_cli.jinja_renderer(template)
+    render = compile_template(template)
     for msgs in ([{"role": "user", "content": " hi "}],
                  [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "é?", "meta": {"k": "ü"}},
                   {"role": "assistant", "content": "Yes."}, {"role": "user", "content": "More"}]):

@@ -17,11 +17,14 @@ end-of-turn marker are trained, everything else (system, user, headers) is conte
 Tokens are the encoding of the whole rendered text (exactly what a tokenizer gives the text, as Hugging Face's
 apply_chat_template(tokenize=True) does); a token is trained when the character it starts at lies in a trained
 segment. loss_mask[j] says whether token j is a training target (the convention of foundry.data.pack).
+
+A pretrained checkpoint's own Jinja chat template is compiled by `compile_template`, as transformers does.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from foundry.registry import Registry
 
@@ -106,6 +109,30 @@ class Alpaca(ChatFormat):
         if len(turns) == 2:
             out.append((turns[1]["content"] + eos, True))
         return out
+
+
+def compile_template(template: str) -> Callable[..., str]:
+    """A checkpoint's Jinja chat template (tokenizer_config.json's chat_template), compiled as transformers'
+    apply_chat_template compiles it: a sandboxed environment with trim_blocks and lstrip_blocks, loop controls,
+    `raise_exception`, a `tojson` that keeps non-ASCII, and `strftime_now` (Llama 3.x templates date their
+    system line). Returns render(messages=..., add_generation_prompt=..., bos_token=..., eos_token=...) -> str."""
+    from datetime import datetime
+
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    compiled = env.from_string(template)
+    return lambda **kw: compiled.render(**kw)
 
 
 def render_text(messages, fmt: str, add_generation_prompt: bool = False, eos: str = "<|eos|>") -> str:
