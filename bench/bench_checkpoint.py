@@ -5,8 +5,9 @@ fsync + rename, no manifest), on a GPT of a given size with a real AdamW state.
     python bench/bench_checkpoint.py                      # 6 layers x 512 (~19M parameters + AdamW moments)
     python bench/bench_checkpoint.py --n-layer 12 --n-embd 768 --rounds 5
 
-Each round writes one checkpoint with each method, alternating which goes first, into the same directory
-(so the page cache and the disk are shared alike); `verify` is inspect_checkpoint (sizes, then sha256 of
+Each round writes one checkpoint with each method, rotating which goes first, into the same directory
+(so the page cache and the disk are shared alike); `no .prev1` is foundry's save with keep_previous=0 (the
+cost of the rotation, which keeps one more checkpoint on disk); `verify` is inspect_checkpoint (sizes, then sha256 of
 every file), the check a resume and load_run make before loading. Medians over --rounds.
 """
 from __future__ import annotations
@@ -65,23 +66,26 @@ def main(argv=None) -> int:
     opt.step()  # AdamW's two moments per parameter: the state.pt of a real run
     state = {"iter": 1, "best_val": 1.0, "optimizer": opt.state_dict(), "rng_cpu": [torch.get_rng_state()]}
     root = Path(a.dir or tempfile.mkdtemp(prefix="bench-ckpt-"))
-    for d in ("ref", "new"):
+    for d in ("ref", "new", "norot"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    times = {"reference save": [], "foundry save": [], "foundry verify": []}
+    times = {"reference save": [], "foundry save": [], "foundry, no .prev1": [], "foundry verify": []}
+    saves = {"reference save": lambda: reference_save(root / "ref" / "ckpt_last", model, state, "x: 1\n"),
+             "foundry save": lambda: save_checkpoint(root / "new" / "ckpt_last", model, state, "x: 1\n"),
+             "foundry, no .prev1": lambda: save_checkpoint(root / "norot" / "ckpt_last", model, state, "x: 1\n",
+                                                           keep_previous=0)}
     for r in range(a.rounds):
-        order = ("reference", "foundry") if r % 2 == 0 else ("foundry", "reference")
-        for which in order:
+        names = list(saves)
+        for which in names[r % 3:] + names[:r % 3]:  # each goes first, second and third in turn
             t = time.perf_counter()
-            if which == "reference":
-                reference_save(root / "ref" / "ckpt_last", model, state, "x: 1\n")
-            else:
-                save_checkpoint(root / "new" / "ckpt_last", model, state, "x: 1\n")
-            times[f"{which} save"].append(time.perf_counter() - t)
+            saves[which]()
+            times[which].append(time.perf_counter() - t)
         t = time.perf_counter()
         assert inspect_checkpoint(root / "new" / "ckpt_last").intact
         times["foundry verify"].append(time.perf_counter() - t)
     size = sum(f.stat().st_size for f in (root / "new" / "ckpt_last").iterdir())
-    print(f"# {datetime.date.today()} {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    print(f"# {datetime.date.today()} {cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"torch {torch.__version__}; {model.num_params() / 1e6:.1f}M parameters, checkpoint {size / 1e6:.1f} MB, "
           f"{a.rounds} rounds (medians)")
     ref = statistics.median(times["reference save"])
