@@ -67,6 +67,7 @@ def prepare(data_dir: Path | None) -> Path:
 
 
 THREADS: list[str] = []  # --threads N adds training.num_threads=N here
+CHILD_ENV: dict[str, str] = {}  # --omp-wait POLICY: OMP_WAIT_POLICY for both sides' processes
 
 
 def config(data: Path, out: str, extra: list[str] = ()):
@@ -138,7 +139,7 @@ def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extr
     cmd = [sys.executable, "-m", "foundry.train", str(EXPERIMENT)] + ([] if whole else ["--no-store", "--quiet"])
     for kv in sets:
         cmd += ["--set", kv]
-    env = {**os.environ, "FOUNDRY_STORE": str(OUT / "bench_store.sqlite")}
+    env = {**os.environ, "FOUNDRY_STORE": str(OUT / "bench_store.sqlite"), **CHILD_ENV}
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL if whole else None)
     wall = time.perf_counter() - t
@@ -169,7 +170,7 @@ def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: boo
     median ignores those) and, with `evaluate`, the final validation loss. `whole`: nanoGPT's README run as
     is (its evaluation every 250 iterations, on train and validation batches, and its checkpoints)."""
     threads = next((int(kv.split("=")[1]) for kv in THREADS if kv.startswith("training.num_threads=")), 2)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **CHILD_ENV}
     if args.nanogpt:
         if seed != 1337:  # its train.py seeds torch with 1337 (+ the DDP rank) and has no seed option
             raise SystemExit(f"--nanogpt: nanoGPT's train.py always seeds 1337; --seeds {seed} needs the stand-in")
@@ -190,14 +191,21 @@ def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: boo
     ms, val = [], {}
     for line in proc.stdout.splitlines():
         if m := ITER_LINE.match(line):
-            ms.append(float(m.group(3)))
+            if int(m.group(1)) % 250 or not (evaluate or whole):  # nanoGPT's eval iterations time the evaluation
+                ms.append(float(m.group(3)))
         elif m := NANOGPT_VAL.match(line):
             val = {"val_loss": float(m.group(3)), "at_iter": int(m.group(1))}
         elif line.startswith("{"):
             val = json.loads(line)
     if not ms:
         raise RuntimeError(f"no iteration lines from {' '.join(cmd)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return {"ms_per_iter": statistics.median(ms[10:] or ms), "wall_s": wall, **val}
+    # foundry logs the mean of each 10-iteration window; the reference's per-iteration times are grouped the same
+    # way (after the first 10), so that a stall (another process taking the core) weighs the same on both sides
+    # (a median of single iterations would step over stalls that a window mean includes)
+    steady = ms[10:] or ms
+    windows = [statistics.mean(steady[i:i + 10]) for i in range(0, len(steady) - 9, 10)] or [statistics.mean(steady)]
+    return {"ms_per_iter": statistics.median(windows), "ms_per_iter_single_median": statistics.median(steady),
+            "wall_s": wall, **val}
 
 
 def side_by_side(args, data, whole: bool) -> dict:
@@ -230,6 +238,7 @@ def side_by_side(args, data, whole: bool) -> dict:
                 foundry_tokens_per_sec=tokens / f * 1000, reference_tokens_per_sec=tokens / ref * 1000,
                 step_ratio=spread("step_ratio"), wall_ratio=spread("wall_ratio"), rounds=args.rounds, iters=args.iters,
                 load_avg_1min={"min": min(load), "max": max(load)}, per_round=rounds,
+                omp_wait_policy=CHILD_ENV.get("OMP_WAIT_POLICY", "each side's default"),
                 cpu_capability=torch.backends.cpu.get_cpu_capability())
 
 
@@ -539,12 +548,16 @@ def main(argv=None) -> int:
     p.add_argument("--block", type=int, default=256, help="dtype: block size")
     p.add_argument("--batch", type=int, default=64, help="dtype: batch size")
     p.add_argument("--seeds", type=int, nargs="*", help="full: one pair of runs per seed (default: 1337)")
+    p.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], help="speed/e2e/full: OMP_WAIT_POLICY for both "
+                   "sides (default: nanoGPT libgomp's default, foundry its own choice; train.tune_omp_wait)")
     p.add_argument("--nanogpt", type=Path, help="speed/full: a nanoGPT checkout; its own train.py is the reference "
                    "(run with the README's CPU flags) instead of bench/nanogpt_ref.py")
     args = p.parse_args(argv)
     data = prepare(args.data)
     if args.threads:
         THREADS.append(f"training.num_threads={args.threads}")
+    if args.omp_wait:
+        CHILD_ENV["OMP_WAIT_POLICY"] = args.omp_wait
     if args.compile and args.what == "speed":
         THREADS.append("training.compile=true")
     if args.what in ("speed", "steps", "dtype", "attn", "malloc") and args.iters is None:

@@ -6,14 +6,22 @@
 # peak (H100/H200: 989 TFLOP/s; see PEAK_FLOPS in foundry/train.py; FOUNDRY_PEAK_FLOPS overrides).
 #
 # First, a decode check on CUDA: cached decoding of each attention variant against the full forward.
+# After the GPT-2 run, two more throughput figures (each skipped with its variable set to 0):
+#   LoRA finetuning of a Llama-3.2-1B-shaped model (16 x 2048, 32 heads / 8 KV heads, SwiGLU 8192, vocab
+#   128,256, tied, random weights: no download), rank 16 on every projection, bf16 + compile: tokens/s.
+#   Sweep throughput: JOBS small trials (6 x 384, block 256, batch 64, nanoGPT's Tiny Shakespeare model)
+#   trained at once on the one GPU, as `--jobs` does, against one alone: summed tokens/s and the speed-up.
 #
 #   bash bench/gpu_check.sh                 # defaults: batch 16 x 1024 tokens, 50 steps
 #   BATCH=32 STEPS=80 bash bench/gpu_check.sh
+#   LORA_STEPS=0 JOBS=0 bash bench/gpu_check.sh      # the GPT-2 figure alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 BATCH="${BATCH:-16}"
 STEPS="${STEPS:-50}"
+LORA_STEPS="${LORA_STEPS:-30}"; LORA_BATCH="${LORA_BATCH:-8}"; LORA_BLOCK="${LORA_BLOCK:-1024}"
+JOBS="${JOBS:-4}"; TRIAL_STEPS="${TRIAL_STEPS:-300}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -103,3 +111,98 @@ print(f"gpu_check: {tps:,.0f} tokens/s (median of {len(steady)} windows after th
       + (f"MFU {100 * statistics.median(mfu):.1f}% of the dense bf16 peak" if mfu else "MFU unknown for this card "
          "(set FOUNDRY_PEAK_FLOPS)") + f", wall {sys.argv[2]} s including compilation")
 PYEOF
+
+# ---- LoRA finetuning throughput: a Llama-3.2-1B-shaped model -------------------------------------------
+if [ "$LORA_STEPS" -gt 0 ]; then
+"$PY" - "$WORK/data_llama" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import numpy as np
+from foundry.data.tokenize import CharTokenizer
+out = Path(sys.argv[1]); out.mkdir(parents=True)
+V = 128256                                  # Llama 3's vocabulary: more than uint16 holds
+rng = np.random.default_rng(0)
+for split, n in (("train", 5_000_000), ("val", 100_000)):
+    rng.integers(0, V, n, dtype=np.uint32).tofile(out / f"{split}.bin")
+CharTokenizer([chr(0x10000 + i) for i in range(V)]).save(out / "tokenizer.json")
+(out / "meta.json").write_text(json.dumps({"tokenizer": "tokenizer.json", "vocab_size": V, "dtype": "uint32",
+                                           "fingerprint": "synthetic-uniform-llama"}))
+PYEOF
+cat > "$WORK/lora_llama1b.yaml" <<YAML
+base_model: v2
+model_args: {n_layer: 16, n_head: 32, n_kv_head: 8, n_embd: 2048, mlp: swiglu, mlp_hidden_size: 8192,
+             block_size: $LORA_BLOCK, vocab_size: 128256, tie_embeddings: true, rope: {theta: 500000.0},
+             bias: false, dropout: 0.0}
+lora: {rank: 16, alpha: 32.0, targets: [attn.qkv, attn.proj, mlp.fc, mlp.proj]}
+training:
+  max_iters: $LORA_STEPS
+  batch_size: $LORA_BATCH
+  learning_rate: 2.0e-4
+  warmup_iters: 5
+  eval_interval: 100000
+  eval_iters: 1
+  log_interval: 5
+  device: cuda
+  dtype: bfloat16
+  compile: true
+  sample_tokens: 0
+data: {path: $WORK/data_llama}
+out_dir: $WORK/lora_run
+YAML
+# LoRA finetunes a base (init_from): a random-weight one in Hugging Face format, bf16 (throughput does not
+# depend on the weights' values); the data takes the base's tokenizer.json, as finetuning data must.
+"$PY" - "$WORK/lora_llama1b.yaml" "$WORK/base_llama1b" "$WORK/data_llama/tokenizer.json" <<'PYEOF'
+import shutil, sys
+from pathlib import Path
+import torch
+from foundry.config import load_experiment
+from foundry.data.tokenize import load_tokenizer
+from foundry.model import GPT
+from foundry.zoo.export import save_hf
+exp, out, tok = sys.argv[1:4]
+cfg = load_experiment(exp, [])
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = GPT(cfg.model_args).to(torch.bfloat16)
+save_hf(model, out, tokenizer=load_tokenizer(tok))
+shutil.copy(Path(out) / "tokenizer.json", tok)
+print(f"gpu_check lora: random-weight base, {sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters")
+PYEOF
+start=$(date +%s)
+"$PY" -m foundry.train "$WORK/lora_llama1b.yaml" --no-store --set init_from="$WORK/base_llama1b"
+"$PY" - "$WORK/lora_run/metrics.jsonl" "$(( $(date +%s) - start ))" <<'PYEOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+steady = rows[1:] or rows
+print(f"gpu_check lora: Llama-3.2-1B shape, rank 16 on qkv/proj/fc/proj, bf16 + compile: "
+      f"{statistics.median(r['tokens_per_sec'] for r in steady):,.0f} tokens/s (median of {len(steady)} windows "
+      f"after the first), wall {sys.argv[2]} s including compilation")
+PYEOF
+fi
+
+# ---- Sweep throughput: several small trials on the one GPU at once -----------------------------------
+if [ "$JOBS" -gt 0 ]; then
+trial() {  # trial NAME: nanoGPT's Tiny Shakespeare model on the embedded data (data.path null), fp32 -> bf16
+  "$PY" -m foundry.train experiments/shakespeare_char_cpu.yaml --no-store --quiet \
+    --set out_dir="$WORK/trial_$1" --set training.device=cuda --set training.dtype=bfloat16 \
+    --set training.num_threads=1 --set training.max_iters="$TRIAL_STEPS" --set training.eval_interval=100000 \
+    --set training.sample_tokens=0 --set training.eval_iters=1 --set model_args.n_layer=6 \
+    --set model_args.n_head=6 --set model_args.n_embd=384 --set model_args.block_size=256 \
+    --set training.batch_size=64
+}
+t0=$(date +%s.%N); trial alone; t1=$(date +%s.%N)
+for j in $(seq 1 "$JOBS"); do trial "job$j" & done; wait
+t2=$(date +%s.%N)
+"$PY" - "$WORK" "$JOBS" "$t0" "$t1" "$t2" <<'PYEOF'
+import json, statistics, sys
+from pathlib import Path
+work, jobs, t0, t1, t2 = Path(sys.argv[1]), int(sys.argv[2]), *map(float, sys.argv[3:])
+def tps(name):
+    rows = [json.loads(l) for l in open(work / f"trial_{name}" / "metrics.jsonl") if '"loss"' in l]
+    return statistics.median(r["tokens_per_sec"] for r in (rows[1:] or rows))
+alone, together = tps("alone"), [tps(f"job{j}") for j in range(1, jobs + 1)]
+print(f"gpu_check sweep: one 6x384 trial alone {alone:,.0f} tokens/s, wall {t1 - t0:.1f} s; {jobs} at once "
+      f"{sum(together):,.0f} tokens/s summed ({sum(together) / alone:.2f}x), wall {t2 - t1:.1f} s for {jobs} trials "
+      f"({jobs * (t1 - t0) / (t2 - t1):.2f}x the trials per second of one after another)")
+PYEOF
+fi
