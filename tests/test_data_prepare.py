@@ -24,8 +24,8 @@ def _tiny_train(data_dir, out_dir, iters=3):
     from foundry.train import train
     cfg = from_dict({"base_model": "v1",
                      "model_args": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-                     "training": {"max_iters": iters, "batch_size": 4, "eval_interval": iters, "eval_iters": 2,
-                                  "log_interval": 1, "sample_tokens": 8, "device": "cpu"},
+                     "training": {"max_iters": iters, "warmup_iters": 0, "batch_size": 4, "eval_interval": iters,
+                                  "eval_iters": 2, "log_interval": 1, "sample_tokens": 8, "device": "cpu"},
                      "data": {"path": str(data_dir)}, "out_dir": str(out_dir)})
     return train(cfg, quiet=True)
 

@@ -99,9 +99,8 @@ _BOOTSTRAP = r'''
 import os, sys, resource
 def _setup():
     # limits as plain integers (importing json would cost ~30 ms of interpreter start per program)
-    cfg = dict(zip(("cpu", "memory", "fsize", "nofile", "nproc", "netns", "guard", "landlock", "mountns",
-                                "disk"),
-                   map(int, sys.argv[1].split(","))))
+    keys = ("cpu", "memory", "fsize", "nofile", "nproc", "netns", "guard", "landlock", "mountns", "disk")
+    cfg = dict(zip(keys, map(int, sys.argv[1].split(","))))
     token = sys.stdin.readline().strip()
     fd = os.open(os.devnull, os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
     home = os.path.realpath(os.getcwd())
