@@ -46,3 +46,11 @@ def require_extra(module: str, extra: str) -> None:
         if os.environ.get("FOUNDRY_CI"):
             pytest.fail(f"{msg}, but the CI installs the test extra, which holds it")
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def faults_reference(tmp_path_factory):
+    """(data dir, run dir) of one uninterrupted short run, shared by the fault-injection tests
+    (tests/faults_helpers.py), which damage copies of it and compare continuations against it."""
+    from faults_helpers import make_reference
+    return make_reference(tmp_path_factory.mktemp("faults_reference"))

@@ -5,16 +5,11 @@ import shutil
 
 import pytest
 
-from faults_helpers import RUN, assert_same_run, copy_run, garble, make_reference, run_config
+from faults_helpers import RUN, assert_same_run, copy_run, garble, run_config
 from foundry.checkpoint import inspect_checkpoint, load_run, load_state
 from foundry.train import main as train_main
 from foundry.train import train
 from train_helpers import tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("faults_ckpt"))
 
 
 DAMAGE = {  # name -> (file in ckpt_last, how)
@@ -38,8 +33,8 @@ def _damage(f, how):
 
 
 @pytest.mark.parametrize("case", list(DAMAGE))
-def test_damaged_ckpt_last_is_named_and_the_run_continues_from_the_previous_one(reference, tmp_path, case, capsys):
-    data, ref = reference
+def test_damaged_ckpt_last_is_named_and_the_run_continues_from_the_previous_one(faults_reference, tmp_path, case, capsys):
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     assert load_state(run / "ckpt_last")["iter"] == 60 and inspect_checkpoint(run / "ckpt_last.prev1").iter == 40
     shutil.rmtree(run / "ckpt_best")  # leave ckpt_last.prev1 (iteration 40) as the newest intact one
@@ -56,8 +51,8 @@ def test_damaged_ckpt_last_is_named_and_the_run_continues_from_the_previous_one(
     assert inspect_checkpoint(run / "ckpt_last").intact
 
 
-def test_damaged_ckpt_best_is_refused_by_readers_naming_the_intact_one(reference, tmp_path):
-    data, ref = reference
+def test_damaged_ckpt_best_is_refused_by_readers_naming_the_intact_one(faults_reference, tmp_path):
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     garble(run / "ckpt_best" / "model.safetensors", "end")
     with pytest.raises(ValueError) as e:
@@ -68,8 +63,8 @@ def test_damaged_ckpt_best_is_refused_by_readers_naming_the_intact_one(reference
     assert load_run(run / "ckpt_last").config.training.max_iters == 60
 
 
-def test_no_intact_checkpoint_stops_with_the_exact_command_and_keeps_everything(reference, tmp_path, capsys):
-    data, ref = reference
+def test_no_intact_checkpoint_stops_with_the_exact_command_and_keeps_everything(faults_reference, tmp_path, capsys):
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     for d in ("ckpt_last", "ckpt_last.prev1", "ckpt_best"):
         garble(run / d / "state.pt", "middle")

@@ -13,24 +13,19 @@ import pytest
 import torch
 
 import foundry.checkpoint as ckpt_mod
-from faults_helpers import assert_same_run, file_size_limit, make_reference, no_temporary_left, run_config
+from faults_helpers import assert_same_run, file_size_limit, no_temporary_left, run_config
 from foundry.checkpoint import inspect_checkpoint, save_checkpoint
 from foundry.data.embedded import load_text
 from foundry.safeio import DiskFullError, LineLog, read_jsonl
 from foundry.train import train
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("faults_disk"))
-
-
 def _digest(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_checkpoint_on_a_full_disk_keeps_the_previous_one_and_the_run_continues(reference, tmp_path, monkeypatch):
-    data, ref = reference
+def test_checkpoint_on_a_full_disk_keeps_the_previous_one_and_the_run_continues(faults_reference, tmp_path, monkeypatch):
+    data, ref = faults_reference
     run = tmp_path / "run"
     real, calls = ckpt_mod.save_checkpoint, []
 
@@ -56,8 +51,8 @@ def test_checkpoint_on_a_full_disk_keeps_the_previous_one_and_the_run_continues(
     assert_same_run(ref, run, after=20)
 
 
-def test_metrics_line_on_a_full_disk_is_cut_back_and_the_run_continues(reference, tmp_path, monkeypatch):
-    data, ref = reference
+def test_metrics_line_on_a_full_disk_is_cut_back_and_the_run_continues(faults_reference, tmp_path, monkeypatch):
+    data, ref = faults_reference
     run = tmp_path / "run"
     real, held = ckpt_mod.copy_checkpoint, []
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from faults_helpers import RUN, assert_same_run, copy_run, make_reference, run_config
+from faults_helpers import RUN, assert_same_run, copy_run, run_config
 from foundry.checkpoint import load_run
 from foundry.safeio import read_jsonl
 from foundry.cli.compare import main as compare_main
@@ -17,21 +17,16 @@ from foundry.train import train
 from train_helpers import tiny_overrides
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("faults_inputs"))
-
-
 def _argv(tmp_path, data, run):
     exp = tmp_path / "exp.yaml"
     exp.write_text("base_model: v1\n")
     return [str(exp), "--quiet", "--no-store", *tiny_overrides(data, run, **RUN)]
 
 
-def test_damaged_metrics_line_is_named_by_every_reader_and_rewritten_by_the_next_run(reference, tmp_path, capsys):
+def test_damaged_metrics_line_is_named_by_every_reader_and_rewritten_by_the_next_run(faults_reference, tmp_path, capsys):
     from foundry.sweep.plan import read_metrics as sweep_read_metrics
 
-    data, ref = reference
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     path = run / "metrics.jsonl"
     lines = path.read_text().splitlines(keepends=True)
@@ -52,10 +47,10 @@ def test_damaged_metrics_line_is_named_by_every_reader_and_rewritten_by_the_next
     assert_same_run(ref, run, after=40)
 
 
-def test_run_missing_its_tokenizer_is_named_and_the_training_command_restores_it(reference, tmp_path, capsys):
+def test_run_missing_its_tokenizer_is_named_and_the_training_command_restores_it(faults_reference, tmp_path, capsys):
     from foundry.eval.__main__ import main as eval_main
 
-    data, ref = reference
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     (run / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError) as e:
@@ -68,8 +63,8 @@ def test_run_missing_its_tokenizer_is_named_and_the_training_command_restores_it
     assert load_run(run).tokenizer.encode("ROMEO") == load_run(ref).tokenizer.encode("ROMEO")
 
 
-def test_run_missing_its_config_is_named_with_the_copy_to_restore(reference, tmp_path, capsys):
-    data, ref = reference
+def test_run_missing_its_config_is_named_with_the_copy_to_restore(faults_reference, tmp_path, capsys):
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     (run / "config.yaml").unlink()
     assert compare_main([str(ref), str(run), "--no-plot"]) == 2
@@ -80,10 +75,10 @@ def test_run_missing_its_config_is_named_with_the_copy_to_restore(reference, tmp
     assert compare_main([str(ref), str(run), "--no-plot"]) == 0
 
 
-def test_checkpoint_missing_its_config_is_refused_by_eval_naming_the_intact_one(reference, tmp_path, capsys):
+def test_checkpoint_missing_its_config_is_refused_by_eval_naming_the_intact_one(faults_reference, tmp_path, capsys):
     from foundry.eval.__main__ import main as eval_main
 
-    data, ref = reference
+    data, ref = faults_reference
     run = copy_run(ref, tmp_path / "run")
     (run / "ckpt_best" / "config.yaml").unlink()
     assert eval_main([str(run), "--tasks", "principles", "--limit", "2"]) == 2
