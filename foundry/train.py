@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"{e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank stopped at the same step
+            print(f"{e}", file=sys.stderr)
         return INTERRUPTED_EXIT
     return 0
 
