@@ -105,20 +105,42 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device, mc=None) -> torch.dtype:
-    """`auto`: bf16 autocast on CUDA cards that support it, and on CPUs with AMX tiles (Intel Sapphire Rapids
-    and later), where oneDNN runs bf16 GEMMs on the matrix units at several times the fp32 rate; fp32 on
-    other CPUs, where bf16 has no hardware path and is emulated: on this project's CPU (AVX2, no
-    AVX512-BF16/AMX) `python bench/bench_train.py dtype` measured bf16 autocast forward+backward 2.4x slower
-    than fp32 (2026-11-26). AVX512-BF16 alone (dot products, no tiles) is left on fp32 until measured."""
+    """The training dtype for `training.dtype` (see dtype_choice for `auto`)."""
+    return dtype_choice(name, device, mc)[0]
+
+
+# `dtype: auto` on an AMX CPU: bf16 autocast from this width, or from this block size (attention's T x T
+# work). bench/bench_train.py dtype, Sapphire Rapids VM, 2 threads, training steps, bf16 over fp32
+# (BENCHMARKS.md): at block 64, batch 12, 4 layers: width 128 0.93x, 256 1.54x, 384 3.27x (batch 64, width
+# 128: 0.95x); at nanoGPT's block 256, batch 64, 6 layers: width 128 1.47x, 256 2.22x, 384 3.04x.
+AMX_BF16_MIN_WIDTH = 256
+AMX_BF16_MIN_BLOCK = 256
+
+
+def dtype_choice(name: str, device: torch.device, mc=None) -> tuple[torch.dtype, str]:
+    """(dtype, why). `auto`: bf16 autocast on CUDA cards that support it; on CPUs with AMX tiles (Intel
+    Sapphire Rapids and later, where oneDNN runs bf16 GEMMs on the matrix units) when the model (`mc`, a
+    ModelConfig) is at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long, where that was measured to
+    pay; fp32 otherwise: narrow short models lose to the casts, and without a hardware bf16 path bf16 is
+    emulated (on an AVX2 CPU, no AVX512-BF16/AMX, bf16 autocast measured 2.4x slower than fp32, 2026-11-26).
+    AVX512-BF16 without AMX (dot products, no tiles) stays on fp32 until measured."""
     import torch
 
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and cpu_has_amx():
-            return torch.bfloat16
-        return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name], \
+            f"training.dtype={name}"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: bf16 autocast (this CUDA device supports bf16)"
+        return torch.float32, "auto: fp32 (this CUDA device has no bf16)"
+    if device.type != "cpu" or not cpu_has_amx():
+        return torch.float32, f"auto: fp32 ({device.type} without AMX tiles: bf16 would be emulated or unmeasured)"
+    if mc is None or mc.n_embd >= AMX_BF16_MIN_WIDTH or mc.block_size >= AMX_BF16_MIN_BLOCK:
+        size = "" if mc is None else f", {mc.n_embd} wide, block {mc.block_size}"
+        return torch.bfloat16, f"auto: bf16 autocast (CPU with AMX tiles{size}: measured 1.5-3.3x fp32 at this size)"
+    return torch.float32, (f"auto: fp32 (CPU with AMX tiles, but {mc.n_embd} wide and block {mc.block_size}: "
+                           f"bf16 measured 0.93-0.95x fp32 below width {AMX_BF16_MIN_WIDTH} and block "
+                           f"{AMX_BF16_MIN_BLOCK})")
 
 
 def cpu_has_amx() -> bool:
@@ -279,7 +301,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
         say = (lambda *a, **k: None) if (quiet or not main) else (lambda *a, **k: print(*a, **k, flush=True))
         out = RunDir(cfg.out_dir, main)
         extra_log = ExtraLoggers(loggers, out.path, cfg, enabled=False)  # fail on a missing package before any work
-        dtype = pick_dtype(tc.dtype, device)
+        dtype, dtype_why = dtype_choice(tc.dtype, device, cfg.model_args)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         if device.type == "cpu" and tc.cpu_malloc_tuning:
@@ -316,6 +338,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             f"{device.type} {str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads | "
             f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({run.mode}) | "
             f"batch {micro_batch}x{accum}x{info.world_size}x{mc.block_size} = {tokens_per_iter:,} tokens/iter")
+        say(f"dtype: {dtype_why}")
         if cfg.lora.rank > 0:
             from foundry.lora import describe_trainable
 

@@ -223,17 +223,27 @@ def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_pa
 
 
 def test_dtype_auto_follows_the_hardware(monkeypatch):
-    """`dtype: auto` is bf16 only where bf16 has a hardware path: CUDA with bf16, or a CPU with AMX tiles."""
+    """`dtype: auto` is bf16 only where bf16 has a hardware path and was measured to pay: CUDA with bf16, or a
+    CPU with AMX tiles for a model at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long; each choice
+    says why."""
     from foundry import train as T
+    from foundry.config import ModelConfig
 
     cpu = torch.device("cpu")
+    narrow, wide = ModelConfig(n_embd=128, block_size=64), ModelConfig(n_embd=384, n_head=6, block_size=64)
+    long_ = ModelConfig(n_embd=128, block_size=256)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert T.pick_dtype("auto", cpu) == torch.float32
+    assert T.pick_dtype("auto", cpu, wide) == torch.float32
+    assert "without AMX" in T.dtype_choice("auto", cpu, wide)[1]
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert T.pick_dtype("auto", cpu) == torch.bfloat16
-    assert T.pick_dtype("float32", cpu) == torch.float32  # an explicit choice always wins
+    assert T.pick_dtype("auto", cpu, wide) == torch.bfloat16 == T.pick_dtype("auto", cpu, long_)
+    assert T.pick_dtype("auto", cpu, narrow) == torch.float32
+    assert "128 wide and block 64" in T.dtype_choice("auto", cpu, narrow)[1]
+    assert T.pick_dtype("auto", cpu) == torch.bfloat16      # no model to judge by: the hardware decides
+    assert T.pick_dtype("float32", cpu, wide) == torch.float32  # an explicit choice always wins
+    assert T.dtype_choice("bfloat16", cpu, narrow) == (torch.bfloat16, "training.dtype=bfloat16")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert T.pick_dtype("auto", cpu) == torch.float32      # a torch that cannot tell: fp32
+    assert T.pick_dtype("auto", cpu, wide) == torch.float32      # a torch that cannot tell: fp32
 
 
 def test_omp_threads_sleep_only_on_a_busy_cpu(monkeypatch):
