@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,32 @@ def test_sigterm_stops_a_sweep_and_its_workers_and_the_same_command_resumes(tmp_
     assert r.returncode == 0 and f"{len(before)} trial(s) already recorded as finished" in r.stdout, r.stdout[-2000:]
     after = done()
     assert len(after) == 2 and all(after[t] == u for t, u in before.items())  # the baseline and lr x10
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step_with_one_checkpoint(tmp_path):
+    """torchrun forwards SIGTERM to its workers; they agree on the step (at a log step), write one
+    checkpoint together (rank 0 writes) and exit; the same experiment continues from it."""
+    data = write_char_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("base_model: v1\n")
+    sets = tiny_overrides(data, run, **{**LONG, "training.distributed": "ddp"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "foundry.train",
+           str(exp), "--quiet", "--no-store", *sets]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(r.get("iter", 0) >= 5 for r in read_metrics(run / "metrics.jsonl")):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, as a scheduler would
+    text = proc.communicate(timeout=120)[0]
+    stops = [int(x.split(",")[0]) for x in text.split("stopped by SIGTERM at iteration ")[1:]]
+    assert len(stops) == 1, text[-3000:]                        # reported once (rank 0), for both ranks
+    info = inspect_checkpoint(run / "ckpt_last")
+    assert info.intact and info.iter == stops[0] < 50           # one checkpoint of that step, between evaluations
+    assert max(r.get("iter", 0) for r in read_metrics(run / "metrics.jsonl")) == stops[0]
+    summary = train(run_config(data, run, **{**LONG, "training.distributed": "ddp"}), quiet=True)  # 1 process
+    assert summary["iters"] == 60 and min(r["iter"] for r in read_metrics(run / "metrics.jsonl")
+                                           if "loss" in r and r["iter"] > stops[0]) == stops[0] + 1
