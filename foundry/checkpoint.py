@@ -222,8 +222,12 @@ def inspect_checkpoint(path: str | os.PathLike) -> CheckpointInfo:
     try:
         m = json.loads(man.read_text())
         files, it = m["files"], m.get("iter")
-        assert isinstance(files, dict)
-    except (ValueError, KeyError, AssertionError, UnicodeDecodeError):
+        ok = isinstance(files, dict) and (it is None or isinstance(it, int)) and all(
+            isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("sha256"), str)
+            and "/" not in k and k not in ("", ".", "..") for k, v in files.items())  # names inside the dir only
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
         return CheckpointInfo(path, None, f"{MANIFEST} is damaged (not the JSON foundry writes)")
     for name in FILES:
         if name not in files:

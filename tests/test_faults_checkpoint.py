@@ -132,3 +132,11 @@ def test_weights_file_is_standard_safetensors_for_every_dtype(tmp_path):
     for k, t in tensors.items():
         assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t), k
     assert inspect_checkpoint(tmp_path / "ckpt").intact
+
+
+@pytest.mark.parametrize("manifest", ['{"files": {"model.safetensors": 3}}', '[1, 2]',
+                                      '{"files": {"../../etc/passwd": {"bytes": 1, "sha256": "x"}}}'])
+def test_a_manifest_of_the_wrong_shape_is_damage_not_a_traceback(tmp_path, manifest):
+    _tiny_checkpoints(tmp_path, (10,))
+    (tmp_path / "ckpt_last" / "manifest.json").write_text(manifest)
+    assert inspect_checkpoint(tmp_path / "ckpt_last").problem == "manifest.json is damaged (not the JSON foundry writes)"
