@@ -87,6 +87,16 @@ class DiskFullError(OSError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # across process boundaries (a sweep worker) the message travels as written
+        return _rebuilt_disk_full, (self.message, self.errno, str(self.path), self.needed)
+
+
+def _rebuilt_disk_full(message: str, code: int, path: str, needed: int | None) -> DiskFullError:
+    e = DiskFullError.__new__(DiskFullError)
+    OSError.__init__(e, message)
+    e.message, e.errno, e.filename, e.path, e.needed = message, code, path, Path(path), needed
+    return e
+
 
 @contextmanager
 def guard_disk_full(path: str | os.PathLike, needed: int | None = None, kept: str = "") -> Iterator[None]:

@@ -160,3 +160,13 @@ def test_real_full_disk_checkpoint_is_refused_before_writing_and_metrics_line_cu
     log.write('{"iter": 2}\n')
     log.close()
     assert [r["iter"] for r in read_jsonl(small_disk / "metrics.jsonl")] == [1, 2]
+
+
+def test_disk_full_error_survives_a_process_boundary():
+    """A sweep worker's error reaches the sweep pickled; the message must arrive as written."""
+    import errno
+    import pickle
+
+    e = DiskFullError("runs/x/ckpt_last", 2_000_000, OSError(errno.ENOSPC, "No space left on device"), "kept")
+    back = pickle.loads(pickle.dumps(e))
+    assert str(back) == str(e) and back.errno == errno.ENOSPC and back.needed == 2_000_000 and isinstance(back, OSError)
