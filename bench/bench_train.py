@@ -6,6 +6,7 @@
     python bench/bench_train.py v1v2                            v2 vs v1 at the same parameter count and iterations
     python bench/bench_train.py steps                           where a step's time goes (optimiser, clip, model)
     python bench/bench_train.py dtype [--widths 128 384]        fp32 vs bf16 autocast training steps on this CPU
+    python bench/bench_train.py dtypeloss [--seeds 1 2 3]       bf16 vs fp32 final val loss, paired seeds
     python bench/bench_train.py attn                            explicit causal attention vs SDPA's kernel, by T
     python bench/bench_train.py malloc                          training steps with and without glibc malloc tuning
     python bench/bench_train.py reference                       the stand-in alone, 2,000 iterations, val loss
@@ -119,6 +120,15 @@ ITER_LINE = re.compile(r"^iter (\d+): loss ([\d.]+), time ([\d.]+)ms")
 NANOGPT_VAL = re.compile(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
 
 
+def child_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children: on cores other jobs share, the CPU a run
+    consumed varies far less than its wall time (which counts the time others held the cores)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extra: list[str] = (),
                  whole: bool = False) -> dict:
     """`python -m foundry.train` on the experiment in a fresh process; per-window ms/iteration, the summary and
@@ -140,13 +150,14 @@ def foundry_proc(data: Path, out: str, iters: int, seed: int | None = None, extr
     for kv in sets:
         cmd += ["--set", kv]
     env = {**os.environ, "FOUNDRY_STORE": str(OUT / "bench_store.sqlite"), **CHILD_ENV}
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), child_cpu_seconds()
     subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL if whole else None)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, child_cpu_seconds() - cpu
     rows = read_metrics(out_dir / "metrics.jsonl")
     ms = [r["ms_per_iter"] for r in rows if "ms_per_iter" in r]
     summary = json.loads((out_dir / "summary.json").read_text())
-    return {"ms_windows": ms, "ms_per_iter": statistics.median(ms[1:] or ms), "summary": summary, "wall_s": wall}
+    return {"ms_windows": ms, "ms_per_iter": statistics.median(ms[1:] or ms), "summary": summary, "wall_s": wall,
+            "cpu_s": cpu}
 
 
 def write_nanogpt_meta(data: Path) -> None:
@@ -164,7 +175,8 @@ def write_nanogpt_meta(data: Path) -> None:
         pickle.dump({"vocab_size": meta["vocab_size"], "itos": itos, "stoi": {c: i for i, c in itos.items()}}, f)
 
 
-def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: bool = False, whole: bool = False) -> dict:
+def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: bool = False, whole: bool = False,
+                   out: str = "nanogpt_out") -> dict:
     """The reference in a fresh process: nanoGPT's own train.py when --nanogpt DIR is given, else the stand-in.
     Returns per-iteration ms (nanoGPT's printed `time`, which includes evaluation on eval iterations: the
     median ignores those) and, with `evaluate`, the final validation loss. `whole`: nanoGPT's README run as
@@ -178,16 +190,16 @@ def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: boo
         cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
                "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4",
                "--n_head=4", "--n_embd=128", f"--max_iters={iters}", "--lr_decay_iters=2000", "--dropout=0.0",
-               f"--dataset={data.resolve()}", f"--out_dir={(OUT / 'nanogpt_out').resolve()}",
+               f"--dataset={data.resolve()}", f"--out_dir={(OUT / out).resolve()}",
                f"--eval_interval={250 if evaluate or whole else 10 ** 9}"]
         cwd = args.nanogpt
     else:
         cmd = [sys.executable, str(REPO / "bench" / "nanogpt_ref.py"), "--data", str(data), "--iters", str(iters),
                "--threads", str(threads), "--seed", str(seed), "--eval-windows", str(240 if evaluate or whole else 0)]
         cwd = REPO
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), child_cpu_seconds()
     proc = subprocess.run(cmd, check=True, cwd=cwd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, child_cpu_seconds() - cpu
     ms, val = [], {}
     for line in proc.stdout.splitlines():
         if m := ITER_LINE.match(line):
@@ -205,7 +217,7 @@ def reference_proc(args, data: Path, iters: int, seed: int = 1337, evaluate: boo
     steady = ms[10:] or ms
     windows = [statistics.mean(steady[i:i + 10]) for i in range(0, len(steady) - 9, 10)] or [statistics.mean(steady)]
     return {"ms_per_iter": statistics.median(windows), "ms_per_iter_single_median": statistics.median(steady),
-            "wall_s": wall, **val}
+            "wall_s": wall, "cpu_s": cpu, **val}
 
 
 def side_by_side(args, data, whole: bool) -> dict:
@@ -214,18 +226,22 @@ def side_by_side(args, data, whole: bool) -> dict:
     ref_name = "nanoGPT" if args.nanogpt else "stand-in"
     rounds, load = [], [os.getloadavg()[0]]
     for r in range(args.rounds):
-        sides = [("foundry", lambda: foundry_proc(data, "speed", args.iters, whole=whole)),
-                 ("reference", lambda: reference_proc(args, data, args.iters, whole=whole))]
+        kind = "e2e" if whole else "speed"  # separate run directories: the two may run at the same time
+        sides = [("foundry", lambda: foundry_proc(data, kind, args.iters, whole=whole)),
+                 ("reference", lambda: reference_proc(args, data, args.iters, whole=whole, out=f"nanogpt_{kind}"))]
         got = dict((name, run()) for name, run in (sides if r % 2 == 0 else sides[::-1]))
         load.append(os.getloadavg()[0])
         f, ref = got["foundry"], got["reference"]
         rounds.append({"foundry_ms": f["ms_per_iter"], "reference_ms": ref["ms_per_iter"], "foundry_wall_s": f["wall_s"],
                        "reference_wall_s": ref["wall_s"], "step_ratio": ref["ms_per_iter"] / f["ms_per_iter"],
-                       "wall_ratio": ref["wall_s"] / f["wall_s"], "first": "foundry" if r % 2 == 0 else "reference",
+                       "wall_ratio": ref["wall_s"] / f["wall_s"], "foundry_cpu_s": f["cpu_s"],
+                       "reference_cpu_s": ref["cpu_s"], "cpu_ratio": ref["cpu_s"] / f["cpu_s"],
+                       "first": "foundry" if r % 2 == 0 else "reference",
                        "load_after": load[-1]})
         print(f"round {r + 1}/{args.rounds}: foundry {f['ms_per_iter']:.1f} ms/it {f['wall_s']:.1f} s, {ref_name} "
               f"{ref['ms_per_iter']:.1f} ms/it {ref['wall_s']:.1f} s: per step {rounds[-1]['step_ratio']:.3f}x, "
-              f"wall {rounds[-1]['wall_ratio']:.3f}x (load {load[-1]:.1f})", flush=True)
+              f"wall {rounds[-1]['wall_ratio']:.3f}x, CPU {f['cpu_s']:.1f} vs {ref['cpu_s']:.1f} s: "
+              f"{rounds[-1]['cpu_ratio']:.3f}x (load {load[-1]:.1f})", flush=True)
 
     def spread(key):
         v = [x[key] for x in rounds]
@@ -236,7 +252,8 @@ def side_by_side(args, data, whole: bool) -> dict:
     tokens = 12 * 64
     return dict(reference=ref_name, foundry_ms_per_iter=f, reference_ms_per_iter=ref,
                 foundry_tokens_per_sec=tokens / f * 1000, reference_tokens_per_sec=tokens / ref * 1000,
-                step_ratio=spread("step_ratio"), wall_ratio=spread("wall_ratio"), rounds=args.rounds, iters=args.iters,
+                step_ratio=spread("step_ratio"), wall_ratio=spread("wall_ratio"), cpu_ratio=spread("cpu_ratio"),
+                rounds=args.rounds, iters=args.iters,
                 load_avg_1min={"min": min(load), "max": max(load)}, per_round=rounds,
                 omp_wait_policy=CHILD_ENV.get("OMP_WAIT_POLICY", "each side's default"),
                 cpu_capability=torch.backends.cpu.get_cpu_capability())
@@ -403,7 +420,7 @@ def cmd_dtype(args, data):
     tc = TrainingConfig()
     rows = []
     for width in args.widths:
-        mc = ModelConfig(n_layer=args.layers, n_head=max(1, width // 64), n_embd=width, block_size=args.block,
+        mc = ModelConfig(n_layer=args.layers, n_head=args.heads or max(1, width // 64), n_embd=width, block_size=args.block,
                          vocab_size=65, bias=False, dropout=0.0)
         torch.manual_seed(0)
         model = GPT(mc)
@@ -437,6 +454,32 @@ def cmd_dtype(args, data):
         print(json.dumps(rows[-1]), flush=True)
     record("dtype", rows=rows, iters=args.iters, amx=torch.cpu._is_amx_tile_supported(),
            cpu_capability=torch.backends.cpu.get_cpu_capability(), load_avg_1min=os.getloadavg()[0])
+
+
+def cmd_dtypeloss(args, data):
+    """Loss equality of bf16 autocast and fp32: the same experiment per seed in both dtypes (paired seeds), each
+    its own process; final validation loss on the declared windows, paired differences against the seed spread.
+    The model and length come from --set-like overrides in --dtype-run (default: 4 x 384, block 64, batch 12,
+    200 iterations: a width where dtype auto picks bf16 on AMX, short enough for a shared 2-core machine)."""
+    seeds = args.seeds or [1, 2, 3]
+    rows = []
+    for seed in seeds:
+        row = {"seed": seed}
+        for dtype in ("float32", "bfloat16"):
+            r = foundry_proc(data, f"dtypeloss_{dtype}", args.iters or 200, seed,
+                             [*args.dtype_run, f"training.dtype={dtype}"], whole=True)
+            row[dtype] = r["summary"]["val_loss"]
+            row[dtype + "_ms_per_iter"] = r["ms_per_iter"]
+        row["bf16_minus_fp32"] = row["bfloat16"] - row["float32"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    diffs = [r["bf16_minus_fp32"] for r in rows]
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+    record("dtypeloss", runs=rows, overrides=args.dtype_run, iters=args.iters or 200,
+           fp32_mean=statistics.mean(r["float32"] for r in rows), fp32_seed_sd=sd([r["float32"] for r in rows]),
+           bf16_mean=statistics.mean(r["bfloat16"] for r in rows), bf16_seed_sd=sd([r["bfloat16"] for r in rows]),
+           paired_diff_mean=statistics.mean(diffs), paired_diff_sd=sd(diffs),
+           load_avg_1min=os.getloadavg()[0])
 
 
 def best_of_interleaved(fns: dict, trials: int, calls: int = 5) -> dict:
@@ -534,7 +577,7 @@ def cmd_malloc(args, data):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "e2e", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
+    p.add_argument("what", choices=["speed", "e2e", "dtypeloss", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
                                     "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
@@ -545,8 +588,12 @@ def main(argv=None) -> int:
                    help="iterations per round/run (speed: 150; steps/dtype/attn/malloc: 40; full runs 2000)")
     p.add_argument("--widths", type=int, nargs="*", default=[128, 384], help="dtype: model widths (heads of 64)")
     p.add_argument("--layers", type=int, default=6, help="dtype: layers")
+    p.add_argument("--heads", type=int, default=None, help="dtype: heads (default: width / 64)")
     p.add_argument("--block", type=int, default=256, help="dtype: block size")
     p.add_argument("--batch", type=int, default=64, help="dtype: batch size")
+    p.add_argument("--dtype-run", nargs="*", default=["model_args.n_embd=384", "model_args.n_head=6",
+                   "training.warmup_iters=20", "training.eval_interval=100", "training.sample_tokens=0"],
+                   help="dtypeloss: KEY=VALUE overrides of the experiment for both dtypes")
     p.add_argument("--seeds", type=int, nargs="*", help="full: one pair of runs per seed (default: 1337)")
     p.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], help="speed/e2e/full: OMP_WAIT_POLICY for both "
                    "sides (default: nanoGPT libgomp's default, foundry its own choice; train.tune_omp_wait)")
@@ -564,7 +611,7 @@ def main(argv=None) -> int:
         args.iters = 150 if args.what == "speed" else 40
     if args.what == "e2e" and args.iters is None:
         args.iters = 2000
-    {"speed": cmd_speed, "e2e": cmd_e2e, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
+    {"speed": cmd_speed, "e2e": cmd_e2e, "dtypeloss": cmd_dtypeloss, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
      "malloc": cmd_malloc, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 
