@@ -1,6 +1,6 @@
 """Writes that survive crashes and full disks, and a JSONL reader that names damage (torch-free).
 
-Every file foundry writes goes through one of three paths:
+Run directories, checkpoints, prepared data sets and eval results are written through one of three paths:
     write_bytes_atomic / write_text_atomic   a temporary file in the same directory, fsynced, then renamed
                                              over the target: the old file or the new one, never half of one
     LineLog                                  append-only lines (metrics.jsonl): a line that cannot be written
