@@ -271,8 +271,15 @@ def _inspect_legacy(path: Path) -> CheckpointInfo:
             if z.testzip() is not None:
                 raise zipfile.BadZipFile
         it = load_state(path).get("iter")
-    except (zipfile.BadZipFile, OSError, CheckpointError, EOFError):
-        return CheckpointInfo(path, None, "state.pt is damaged (a member fails its CRC)")
+    except Exception:  # noqa: BLE001 - zipfile raises BadZipFile, UnicodeDecodeError, struct.error... on garbage
+        return CheckpointInfo(path, None, "state.pt is damaged (not a zip whose members pass their CRC)")
+    import yaml
+
+    try:
+        if not isinstance(yaml.safe_load((path / "config.yaml").read_text()), dict):
+            raise ValueError
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError):
+        return CheckpointInfo(path, it, "config.yaml is damaged (not the YAML mapping foundry writes)")
     return CheckpointInfo(path, it, None)
 
 

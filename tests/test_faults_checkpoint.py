@@ -140,3 +140,18 @@ def test_a_manifest_of_the_wrong_shape_is_damage_not_a_traceback(tmp_path, manif
     _tiny_checkpoints(tmp_path, (10,))
     (tmp_path / "ckpt_last" / "manifest.json").write_text(manifest)
     assert inspect_checkpoint(tmp_path / "ckpt_last").problem == "manifest.json is damaged (not the JSON foundry writes)"
+
+
+@pytest.mark.parametrize("damage", ["weights_truncated", "state_garbled", "config_garbled"])
+def test_checkpoint_from_before_manifests_is_checked_by_structure(tmp_path, damage):
+    _tiny_checkpoints(tmp_path, (10,))
+    ck = tmp_path / "ckpt_last"
+    (ck / "manifest.json").unlink()  # as foundry wrote them before manifests
+    assert inspect_checkpoint(ck).intact and inspect_checkpoint(ck).iter == 10
+    name, how = {"weights_truncated": ("model.safetensors", "truncate"), "state_garbled": ("state.pt", "middle"),
+                 "config_garbled": ("config.yaml", "start")}[damage]
+    if name == "config.yaml":
+        (ck / name).write_text("{{{ not: yaml")
+    else:
+        _damage(ck / name, how)
+    assert inspect_checkpoint(ck).problem.startswith(f"{name} is damaged")
