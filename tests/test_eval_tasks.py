@@ -202,7 +202,8 @@ def test_cli_on_saved_run_and_compare(tmp_path, capsys):
     assert eval_main([str(runs[0]), "--tasks", "mmlux"]) == 2
     assert "did you mean" in capsys.readouterr().err
     assert eval_main([str(tmp_path / "nope"), "--tasks", "mmlu"]) == 2
-    assert "no model zoo" in capsys.readouterr().err
+    err = capsys.readouterr().err  # neither a run nor a checkpoint the zoo finds: what a checkpoint holds
+    assert "not a run or checkpoint directory" in err and "expected config.json" in err
 
 
 def test_umbrella_command_reaches_eval(capsys):
