@@ -45,7 +45,12 @@ class ChatSession:
         tok = target.tokenizer
         stops = set(target.stop_ids) | set(extra_stop)
         fmt = fmt or target.chat_format
-        if fmt is None and target.chat_template is not None:
+        if fmt == "template" or (fmt is None and target.chat_template is not None):
+            if target.chat_template is None:
+                base = getattr(target.run_config, "init_from", None)
+                raise ValueError(f"{target.source} has no chat template to render" + (
+                    f" (it was finetuned on the template of its base {base!r}, which is not found here)"
+                    if base else "") + "; make it available, or pass --format chatml|llama3|alpaca")
             self.format, self._template = "template", compile_template(target.chat_template)
         else:
             from foundry.data.chat import CHAT_FORMATS
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a foundry run directory, a zoo name or an HF directory")
     ap.add_argument("--format", default=None,
-                    help="a foundry chat format (chatml, llama3, alpaca) instead of the checkpoint's template")
+                    help="a foundry chat format (chatml, llama3, alpaca) instead of the checkpoint's template, "
+                         "or 'template' (the checkpoint's own)")
     ap.add_argument("--system", default=None, help="system message (default: none, or the template's own)")
     add_sampling_args(ap, max_new_tokens=512)
     args = ap.parse_args(argv)

@@ -45,10 +45,13 @@ class Target:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A foundry run directory, or a checkpoint directory inside one (model.safetensors + state.pt)."""
+    """A foundry run directory or one of its checkpoints: a config.yaml (a Hugging Face directory has a
+    config.json) in it or in its ckpt_best/ or ckpt_last/, or an intact checkpoint. A damaged run is still a
+    run, so load_run reports what is damaged instead of the zoo saying it is no checkpoint."""
     from foundry.checkpoint import find_checkpoint
 
-    return any(find_checkpoint(p) is not None for p in (path, path / "ckpt_best", path / "ckpt_last"))
+    return any((p / "config.yaml").is_file() or find_checkpoint(p) is not None
+               for p in (path, path / "ckpt_best", path / "ckpt_last"))
 
 
 def load_target(target: str, device: str = "cpu", dtype: str | None = None) -> Target:
@@ -85,7 +88,8 @@ def load_target(target: str, device: str = "cpu", dtype: str | None = None) -> T
 def run_chat_format(cfg) -> tuple[str | None, str | None]:
     """(format, template) a run was finetuned with: data.chat_format names a foundry format, or 'template' (and
     by default, with an init_from base that has one) the base checkpoint's own chat template, as the sft and
-    dpo objectives render it. (None, None) for a run that names neither (chat then picks by the tokenizer)."""
+    dpo objectives render it; the template is None when that base is not found here. (None, None) for a run
+    that names neither (chat then picks by the tokenizer)."""
     fmt = getattr(cfg.data, "chat_format", None)
     base = getattr(cfg, "init_from", None)
     if fmt not in (None, "template"):
@@ -99,11 +103,7 @@ def run_chat_format(cfg) -> tuple[str | None, str | None]:
             template = chat_template(find(base))
         except (ZooError, FileNotFoundError):
             template = None
-    if fmt == "template" and template is None:
-        raise ValueError(f"this run was finetuned on its base's chat template (data.chat_format: template), but "
-                         f"the base {base!r} is not found here to read it from; make the base available, or chat "
-                         f"with --format chatml|llama3|alpaca")
-    return None, template
+    return fmt, template
 
 
 def pick_device(name: str) -> str:

@@ -217,6 +217,23 @@ def test_chat_with_a_finetuned_run_uses_its_chat_format(run_dir, tok, tmp_path):
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>")
 
 
+def test_chat_refuses_what_it_cannot_render(run_dir, tmp_path, capsys):
+    assert chat_cli.main([str(run_dir), "--format", "chatlm"]) == 2
+    assert "did you mean 'chatml'" in capsys.readouterr().err
+    assert chat_cli.main([str(run_dir), "--format", "template"]) == 2
+    assert "has no chat template to render" in capsys.readouterr().err
+
+
+def test_a_damaged_run_is_reported_as_a_run(run_dir, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(run_dir, tmp_path / "run")
+    (tmp_path / "run" / "ckpt_best" / "state.pt").unlink()
+    assert gen_cli.main([str(tmp_path / "run"), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "state.pt" in err and "zoo" not in err
+
+
 def test_chat_repl_reset_forgets_and_quit_ends(run_dir):
     target = gen_cli.load_target(str(run_dir))
     out, err = io.StringIO(), io.StringIO()
