@@ -369,12 +369,23 @@ def cmd_steps(args, data):
     from foundry.optim import build_optimizer
     from nanogpt_ref import NanoGPTReference
 
+    from foundry.train import tune_cpu_malloc
+
     cfg = config(data, "steps", ["model_args.vocab_size=65"])
     torch.set_num_threads(cfg.training.num_threads)
+    tune_cpu_malloc()  # for both sides alike: this compares the code of one step, not the processes
     model = GPT(cfg.model_args)
     opt = build_optimizer(model, cfg.training, "cpu")
     sampler = make_sampler(load_data(data), cfg)
     ref = NanoGPTReference(str(data), 65)
+    if args.nanogpt:  # nanoGPT's own model and optimiser (its model.py, imported from the checkout, not copied)
+        sys.path.insert(0, str(args.nanogpt.resolve()))
+        import model as nanogpt_model
+
+        torch.manual_seed(1337)
+        ref.model = nanogpt_model.GPT(nanogpt_model.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4,
+                                                              n_embd=128, dropout=0.0, bias=False))
+        ref.opt = ref.model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
     step_model = model
     if args.compile:  # foundry's side through torch.compile (training.compile: true); compilation is timed apart
         t = time.perf_counter()
@@ -397,13 +408,17 @@ def cmd_steps(args, data):
         timed("f_clip", lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True))
         timed("f_opt", lambda: (opt.step(), opt.zero_grad(set_to_none=True)))
         xr, yr = timed("r_batch", ref.get_batch)
-        timed("r_fwd_bwd", lambda: ref.model(xr, yr).backward())
+        timed("r_fwd_bwd", lambda: (lambda out: out[1] if isinstance(out, tuple) else out)(ref.model(xr, yr)).backward())
         timed("r_clip", lambda: torch.nn.utils.clip_grad_norm_(ref.model.parameters(), 1.0))
         timed("r_opt", lambda: (ref.opt.step(), ref.opt.zero_grad(set_to_none=True)))
     med = {k: statistics.median(v[3:]) for k, v in parts.items()}
     f_total, r_total = (sum(v for k, v in med.items() if k.startswith(p)) for p in ("f_", "r_"))
+    ratios = sorted(sum(parts[k][i] for k in parts if k.startswith("r_")) / sum(parts[k][i] for k in parts
+                    if k.startswith("f_")) for i in range(3, args.iters))
     record("steps", **med, foundry_step_ms=f_total, reference_step_ms=r_total, speedup=r_total / f_total,
-           compile=args.compile, iters=args.iters)
+           step_ratio_quartiles=[ratios[len(ratios) // 4], ratios[len(ratios) // 2], ratios[3 * len(ratios) // 4]],
+           reference="nanoGPT model.py + configure_optimizers, stand-in batches" if args.nanogpt else "stand-in",
+           compile=args.compile, iters=args.iters, load_avg_1min=os.getloadavg()[0])
 
 
 def cmd_dtype(args, data):
