@@ -226,7 +226,7 @@ def side_by_side(args, data, whole: bool) -> dict:
     ref_name = "nanoGPT" if args.nanogpt else "stand-in"
     rounds, load = [], [os.getloadavg()[0]]
     for r in range(args.rounds):
-        kind = "e2e" if whole else "speed"  # separate run directories: the two may run at the same time
+        kind = f"{'e2e' if whole else 'speed'}_{os.getpid()}"  # own run directories: benchmarks may run at once
         sides = [("foundry", lambda: foundry_proc(data, kind, args.iters, whole=whole)),
                  ("reference", lambda: reference_proc(args, data, args.iters, whole=whole, out=f"nanogpt_{kind}"))]
         got = dict((name, run()) for name, run in (sides if r % 2 == 0 else sides[::-1]))
