@@ -2,13 +2,14 @@
 
     python bench/bench_promotion.py [--sims 10000] [--out bench_promotion.json]      # the simulation
     python bench/bench_promotion.py real [--repeats 20] [--only null,nudge,planted,adaptive,tpe]
+    python bench/bench_promotion.py summary bench_promotion_real.jsonl
 
 `real` runs `python -m foundry.cli.sweep` on a tiny config (2 layers, 32 wide, 60 steps, the repo's default
 data) and appends one JSON line per sweep to bench_promotion_real.jsonl: `null` (baseline vs 6 `seed` copies,
 --promote), `nudge` (6 learning-rate nudges of 0.1-0.3%), `planted` (lr x10 fixes a 10x too small rate, with two
 worse mutants), `adaptive` (fixed vs --adaptive on the null and the planted case, 5 seeds), `tpe` (--search tpe
 with 4 trials vs a 4-point log grid over x2..x64 at the same compute). Each repeat shifts training.seed so
-the sweeps are independent.
+the sweeps are independent (10007 apart: no seed of one repeat, `seed` mutants' offsets included, is another's).
 
 Synthetic sweeps of the baseline and K mutants. The validation bits per byte of candidate j on seed s is
     y[j, s] = -gain_j + u_s + e[j, s],   u_s ~ N(0, 1) shared by every candidate on seed s (init, data order),
@@ -291,7 +292,7 @@ REAL = {"null": (["seed", "1000", "2000", "3000", "4000", "5000", "6000"], ["--s
         "grid": (["lr", "x2", "x6.35", "x20.2", "x64"], ["--seeds", "2"])}
 
 
-def real_sweep(work: Path, name: str, args: list[str], rep: int) -> dict:
+def real_sweep(work: Path, name: str, args: list[str], rep: int, extra: list[str] = ()) -> dict:
     import shutil
     import subprocess
     d = work / f"{name}_{rep}"
@@ -299,8 +300,9 @@ def real_sweep(work: Path, name: str, args: list[str], rep: int) -> dict:
     d.mkdir(parents=True)
     (d / "tiny.yaml").write_text(TINY)
     cmd = [sys.executable, "-m", "foundry.cli.sweep", *args, "--base", str(d / "tiny.yaml"), "--jobs", "2",
-           "--threads", "1", "--set", f"training.seed={1337 + 1000 * rep}", "--out", str(d / "sweep"),
-           "--store", str(d / "store.sqlite"), "--experiments", str(d / "experiments"), "--promote", "--quiet"]
+           "--threads", "1", "--set", f"training.seed={1337 + 10007 * rep}", "--out", str(d / "sweep"),
+           "--store", str(d / "store.sqlite"), "--experiments", str(d / "experiments"), "--promote", "--quiet",
+           *extra]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
@@ -324,22 +326,33 @@ def real(argv) -> int:
     ap.add_argument("--only", default="nudge,null,planted,adaptive,tpe")
     ap.add_argument("--work", default="runs/bench_promotion")
     ap.add_argument("--out", default="bench_promotion_real.jsonl")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra --set for every sweep (e.g. training.max_iters=30 on a busy machine)")
+    ap.add_argument("--seeds", type=int, default=None, help="screening and confirmation seeds of null/nudge")
+    ap.add_argument("--first", type=int, default=0, help="first repeat of null/nudge (split a run in two)")
+    ap.add_argument("--adaptive-repeats", type=int, default=3)
     a = ap.parse_args(argv)
+    extra = [x for o in a.overrides for x in ("--set", o)]
     plan = []
-    for part in a.only.split(","):
-        if part in ("null", "nudge"):
-            plan += [(part, REAL[part][0] + REAL[part][1], r) for r in range(a.repeats)]
+    parts = a.only.split(",")
+    if "null" in parts and "nudge" in parts:  # alternate, so both have as many repeats if stopped early
+        parts = ["null+nudge"] + [p for p in parts if p not in ("null", "nudge")]
+    for part in parts:
+        if part in ("null", "nudge", "null+nudge"):
+            seeds = ["--seeds", str(a.seeds)] if a.seeds else []
+            plan += [(k, REAL[k][0] + REAL[k][1] + seeds, r) for r in range(a.first, a.repeats)
+                     for k in part.split("+")]
         elif part == "planted":
             plan += [(part, REAL[part][0] + REAL[part][1], r) for r in range(3)]
-        elif part == "adaptive":
-            for case in ("adaptive-null", "adaptive-planted"):
-                for r in range(3):
+        elif part.startswith("adaptive"):
+            for case in ("adaptive-null", "adaptive-planted")[1 if part == "adaptive-planted" else 0:]:
+                for r in range(a.adaptive_repeats):
                     plan += [(f"{case}-{m}", REAL[case][0] + REAL[case][1] + extra, r)
                              for m, extra in (("fixed", []), ("adaptive", ["--adaptive"]))]
         elif part == "tpe":
             plan += [(k, REAL[k][0] + REAL[k][1], r) for r in range(3) for k in ("grid", "tpe")]
     for name, args, rep in plan:
-        row = real_sweep(Path(a.work), name, args, rep)
+        row = real_sweep(Path(a.work), name, args, rep, extra)
         with open(a.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps({k: row.get(k) for k in ("name", "rep", "promoted", "winner", "verdict", "seconds",
@@ -347,10 +360,41 @@ def real(argv) -> int:
     return 0
 
 
+def summary(paths: list[str]) -> int:
+    """The BENCHMARKS.md figures from real-sweep JSON lines: promotions per group, adaptive vs fixed, tpe vs grid."""
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["name"], []).append(r)
+    for name, rs in groups.items():
+        ok = [r for r in rs if not r.get("error")]
+        conf = [r for r in ok if r["test"]]
+        print(f"{name:<26} sweeps {len(ok):>2} (errors {len(rs) - len(ok)}), promoted {sum(r['promoted'] for r in ok)}, "
+              f"confirmed {len(conf)}, mean margin {np.mean([r['margin'] for r in ok]) if ok else math.nan:.4f}, "
+              f"mean |screen gain| {np.mean([abs(r['screen_gain'] or 0) for r in ok]) if ok else math.nan:.4f}, "
+              f"detectable80 {np.median([r['noise']['detectable_80'] for r in ok]) if ok else math.nan:.4f}")
+    for case in ("adaptive-null", "adaptive-planted"):
+        pairs = [(f, a) for f in groups.get(f"{case}-fixed", []) for a in groups.get(f"{case}-adaptive", [])
+                 if f["rep"] == a["rep"] and not f.get("error") and not a.get("error")]
+        if pairs:
+            same = sum(f["promoted"] == a["promoted"] and (not f["promoted"] or f["winner"] == a["winner"])
+                       for f, a in pairs)
+            ratio = sum(a["tokens"] for _, a in pairs) / sum(f["tokens"] for f, _ in pairs)
+            print(f"{case}: {same}/{len(pairs)} same decisions; adaptive used {ratio:.2f}x the fixed design's tokens")
+    pairs = [(g, t) for g in groups.get("grid", []) for t in groups.get("tpe", [])
+             if g["rep"] == t["rep"] and not g.get("error") and not t.get("error")]
+    for g, t in pairs:
+        print(f"rep {g['rep']}: grid best {g['best_mutant']} {g['best_mutant_bpb']:.4f} bpb, "
+              f"tpe best {t['best_mutant']} {t['best_mutant_bpb']:.4f} bpb, tokens {g['tokens']:,} vs {t['tokens']:,}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["real"]:
         return real(argv[1:])
+    if argv[:1] == ["summary"]:
+        return summary(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sims", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)

@@ -200,10 +200,12 @@ def _upper_sd(sd: float, df: int, level: float) -> float:
 def verdict_text(verdict: str, win: str | None, test: dict | None, unit: str, margin: float) -> str:
     """One sentence for the decision, with its numbers."""
     if win is None:
-        return "no promotion: no mutant finished its screening seeds"
+        return "no promotion: the baseline or every mutant failed to finish its screening seeds"
     if test is None:
         return (f"no promotion: the best screened mutant, {win}, does not gain more than the margin "
                 f"{margin:.4g} {unit} on the screening seeds, so it was not confirmed")
+    if test.get("error"):
+        return f"no promotion: {win} won the screening but {test['error']}"
     lo, hi = test["ci"]
     nums = (f"{test['mean']:+.4f} {unit} over {test['n']} fresh seeds (95% CI {lo:+.4f} .. {hi:+.4f}; "
             f"t = {test['t']:.2f} vs critical {test['t_crit']:.2f}, df {test['df']:.3g}; margin {margin:.4g}; "

@@ -139,9 +139,10 @@ class Sweep:
             dec["text"] += " (--promote: the baseline stays)"
         elif dec["promote"] and not o.promote:
             dec["text"] += " (not promoted: run with --promote to make it the champion)"
+        results = dec.pop("_results")
         self.store.record_decision(self.sweep_id, dec)
         summary = {"sweep": self.sweep_id, "ranking": dec["ranking"], "how": dec["how"], "decision": dec,
-                   "promoted": promoted, "compute": dec["compute"], "results": dec.pop("_results")}
+                   "promoted": promoted, "compute": dec["compute"], "results": results}
         paths = write_report(self.out, self.state, summary, {c.label: curves(self.store, self.specs(
             c, range(self.seeds.screen + self.seeds.confirm), 1, False)) for c in live})
         summary["report"] = [str(p) for p in paths]
