@@ -16,9 +16,9 @@ checkpoint). The tokenizer is rebuilt by transformers from the GGUF vocabulary a
 `smollm` pre-tokenizer is byte-level GPT-2 splitting; SmolLM2's vocabulary has no multi-digit tokens, so
 digits come out one per token as in the original).
 
-Before the directory is renamed into place, it is reloaded with transformers and checked: same logits as the
-dequantized model (exactly), the same token ids for sample texts, the chat template rendering ChatML and
-the eos / stop ids. The directory is written beside the target and renamed, so a failure leaves nothing.
+Before the directory is renamed into place, it is reloaded with transformers and checked: every tensor equal
+to the dequantized one (in --dtype), the same logits (exactly, in float32), the same token ids for sample
+texts, the chat template rendering ChatML and the eos / stop ids. The directory is written beside the target and renamed, so a failure leaves nothing.
 """
 from __future__ import annotations
 
@@ -150,17 +150,22 @@ def verify(out: Path, tok, reference, eos_id: int, dtype) -> list[str]:
     if eos_id not in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
         raise RuntimeError(f"generation_config eos_token_id {gen_eos} lacks {eos_id}")
     ids = torch.tensor([tok2.encode(text, add_special_tokens=False)])
+    # the saved weights are the dequantized ones in `dtype`, tensor for tensor
+    theirs = hf.state_dict()
+    for k, v in reference.state_dict().items():
+        if not torch.equal(theirs[k], v.to(dtype)):
+            raise RuntimeError(f"{k}: the reloaded tensor differs from the dequantized one")
     with torch.no_grad():
-        a = reference(ids).logits
-        b = hf(ids).logits.float()
+        a, b = reference(ids).logits, hf(ids).logits.float()
     diff = (a - b).abs().max().item()
-    tol = 0.0 if dtype == torch.float32 else 0.5
-    if diff > tol:
-        raise RuntimeError(f"reloaded logits differ from the dequantized model by {diff:.3g} (> {tol})")
-    with torch.no_grad():
-        reply = hf.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1]:]
-    lines.append(f"logits vs dequantized GGUF: max |diff| {diff:.3g}; "
-                 f"greedy reply to {conv[0]['content']!r}: {tok2.decode(reply, skip_special_tokens=True)!r}")
+    if dtype == torch.float32 and diff != 0:
+        raise RuntimeError(f"reloaded logits differ from the dequantized model's by {diff:.3g}")
+    with torch.no_grad():  # an explicit mask: the pad id is <|im_end|>, which the prompt holds
+        reply = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                            do_sample=False)[0, ids.shape[1]:]
+    answer = tok2.decode(reply, skip_special_tokens=True)
+    lines.append(f"weights: the dequantized GGUF tensors in {str(dtype).replace('torch.', '')}; logits vs the "
+                 f"dequantized model: max |diff| {diff:.3g}; greedy reply to {conv[0]['content']!r}: {answer!r}")
     return lines
 
 
