@@ -9,6 +9,7 @@
     python bench/bench_train.py dtypeloss [--seeds 1 2 3]       bf16 vs fp32 final val loss, paired seeds
     python bench/bench_train.py attn                            explicit causal attention vs SDPA's kernel, by T
     python bench/bench_train.py malloc                          training steps with and without glibc malloc tuning
+    python bench/bench_train.py omp                             training steps under libgomp's wait policies
     python bench/bench_train.py reference                       the stand-in alone, 2,000 iterations, val loss
     python bench/bench_train.py evalrun RUN_DIR...              a run's val loss on its windows and the whole split
 
@@ -590,9 +591,31 @@ def cmd_malloc(args, data):
            applied=res["tuned"][0]["applied"], rounds=args.rounds, iters=args.iters)
 
 
+OMP_POLICIES = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"},
+                "spin1k": {"GOMP_SPINCOUNT": "1000"}}
+
+
+def cmd_omp(args, data):
+    """Training steps under libgomp's wait policies (its default spinning, PASSIVE, bounded spin counts),
+    alternating fresh processes (libgomp reads them when it loads): what train.tune_omp_wait decides between."""
+    threads = args.threads or 2
+    res = {name: [] for name in OMP_POLICIES}
+    for r in range(args.rounds):
+        for name, env in OMP_POLICIES.items():
+            clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+            out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, str(EXPERIMENT), str(data), "1", str(threads),
+                                  str(args.iters)], check=True, cwd=REPO, capture_output=True, text=True,
+                                 env={**clean, **env}).stdout
+            res[name].append(json.loads(out.strip().splitlines()[-1])["ms_per_step"])
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[-1]:.1f} ms/step" for n, v in res.items()) +
+              f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    record("omp", ms_per_step={n: v for n, v in res.items()}, threads=threads, rounds=args.rounds, iters=args.iters,
+           load_avg_1min=os.getloadavg()[0])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "e2e", "dtypeloss", "full", "v1v2", "steps", "dtype", "attn", "malloc", "reference",
+    p.add_argument("what", choices=["speed", "e2e", "dtypeloss", "full", "v1v2", "steps", "dtype", "attn", "malloc", "omp", "reference",
                                     "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
@@ -622,12 +645,12 @@ def main(argv=None) -> int:
         CHILD_ENV["OMP_WAIT_POLICY"] = args.omp_wait
     if args.compile and args.what == "speed":
         THREADS.append("training.compile=true")
-    if args.what in ("speed", "steps", "dtype", "attn", "malloc") and args.iters is None:
+    if args.what in ("speed", "steps", "dtype", "attn", "malloc", "omp") and args.iters is None:
         args.iters = 150 if args.what == "speed" else 40
     if args.what == "e2e" and args.iters is None:
         args.iters = 2000
     {"speed": cmd_speed, "e2e": cmd_e2e, "dtypeloss": cmd_dtypeloss, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
-     "malloc": cmd_malloc, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
+     "malloc": cmd_malloc, "omp": cmd_omp, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 
 
