@@ -18,7 +18,8 @@ digits come out one per token as in the original).
 
 Before the directory is renamed into place, it is reloaded with transformers and checked: every tensor equal
 to the dequantized one (in --dtype), the same logits (exactly, in float32), the same token ids for sample
-texts, the chat template rendering ChatML and the eos / stop ids. The directory is written beside the target and renamed, so a failure leaves nothing.
+texts, the chat template rendering ChatML and the eos / stop ids. The directory is written beside the target
+and renamed, so a failure leaves nothing.
 """
 from __future__ import annotations
 
