@@ -135,15 +135,17 @@ def measure(args) -> None:
     rss_built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     dev = torch.device("cpu")
     loss_of = run.loss_of(autocast_ctx(dev, pick_dtype(cfg.training.dtype, dev)))
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup + args.steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         train_step(run.model, run.optimizer, run.sampler.next_batch, loss_of, run.accum, 1.0)
-        if i >= args.warmup:
+        if i >= args.warmup:  # wall time, and CPU time (all threads): the steadier one on a shared machine
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     k, n = trainable_share(run.model)
     tokens = cfg.training.batch_size * run.objective.tokens_per_row()  # upper bound: rows x block (padded)
-    print(json.dumps({"label": args.label, "s_per_step": statistics.median(times), "rows_tokens_per_step": tokens,
+    print(json.dumps({"label": args.label, "s_per_step": statistics.median(times),
+                      "cpu_s_per_step": statistics.median(cpu), "rows_tokens_per_step": tokens,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "rss_after_build_mb": rss_built / 1024, "trainable": k, "total": n}))
 
@@ -152,6 +154,7 @@ def alternate(args, variants: list[tuple[str, str, dict]]) -> list[dict]:
     rows = []
     for r in range(args.rounds):
         for label, kind, over in variants:
+            over = {**dict(kv.split("=", 1) for kv in args.set), **over}
             cmd = [sys.executable, __file__, "_measure", label, kind, json.dumps(over), "--base", args.base,
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -162,13 +165,16 @@ def alternate(args, variants: list[tuple[str, str, dict]]) -> list[dict]:
     by = {}
     for row in rows:
         by.setdefault(row["label"], []).append(row)
-    print("\nlabel            s/step (median)   peak RSS MB   trainable share")
+    print("\nlabel             wall s/step   CPU s/step   tokens/CPU-s   peak RSS MB   trainable share")
+    med = {label: (statistics.median(r["s_per_step"] for r in rs), statistics.median(r["cpu_s_per_step"] for r in rs))
+           for label, rs in by.items()}
     for label, rs in by.items():
-        print(f"{label:<16} {statistics.median(r['s_per_step'] for r in rs):>10.3f}   "
-              f"{max(r['peak_rss_mb'] for r in rs):>12.0f}   {100 * rs[0]['trainable'] / rs[0]['total']:.2f}%")
+        print(f"{label:<16} {med[label][0]:>11.2f}   {med[label][1]:>10.2f}   "
+              f"{rs[0]['rows_tokens_per_step'] / med[label][1]:>12,.0f}   {max(r['peak_rss_mb'] for r in rs):>11.0f}   "
+              f"{100 * rs[0]['trainable'] / rs[0]['total']:.2f}%")
     a, b = list(by)[:2]
-    ratio = statistics.median(r["s_per_step"] for r in by[b]) / statistics.median(r["s_per_step"] for r in by[a])
-    print(f"step time {b} / {a}: {ratio:.2f}x")
+    print(f"{b} / {a}: wall {med[b][0] / med[a][0]:.2f}x, CPU {med[b][1] / med[a][1]:.2f}x, peak RSS "
+          f"{max(r['peak_rss_mb'] for r in by[b]) / max(r['peak_rss_mb'] for r in by[a]):.2f}x")
     return rows
 
 
@@ -180,6 +186,7 @@ def main(argv=None) -> int:
         if name == "quality":
             s.add_argument("kind", choices=("dpo", "sft"))
             s.add_argument("--out", default=None, help="where the run and quality_<kind>.json go (default: a temp dir)")
+        if name != "_measure":
             s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="experiment override")
         if name == "_measure":
             s.add_argument("label")

@@ -388,10 +388,14 @@ class ExampleSampler:
     """Rows of a fixed table in a seeded random order, epoch after epoch; one global row counter (state), of
     which rank r takes its share of each global batch, so any process count sees the same global batches."""
 
-    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n_rows: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, fetch=None):
         self.n, self.B, self.seed, self.rank, self.world = n_rows, batch_size, seed, rank, world_size
+        self.fetch = fetch            # row indices (B,) -> the batch
         self.row = 0
         self._epoch, self._perm = -1, None
+
+    def next_batch(self):
+        return self.fetch(self.rows())
 
     def rows(self) -> torch.Tensor:
         out = []
@@ -483,9 +487,8 @@ class SupervisedFinetuning(FinetuneObjective):
         from foundry.data.sampler import split_batch
 
         micro, _ = split_batch(self.cfg.training, world_size)
-        s = ExampleSampler(data.train.tokens.shape[0], micro, self.cfg.training.seed, rank, world_size)
-        s.next_batch = lambda: self._rows(data.train, s.rows())
-        return s
+        return ExampleSampler(data.train.tokens.shape[0], micro, self.cfg.training.seed, rank, world_size,
+                              fetch=lambda rows: self._rows(data.train, rows))
 
     @staticmethod
     def _rows(packed, rows):
@@ -636,7 +639,7 @@ class DirectPreference(FinetuneObjective):
                     continue
                 c = _fit(*render.prompt_and_answer(pair.prompt, pair.chosen), T)
                 r = _fit(*render.prompt_and_answer(pair.prompt, pair.rejected), T)
-                if c is None or r is None:
+                if c is None or r is None or c == r:  # no answer left, or cut to the same tokens: no preference
                     skipped += 1
                     continue
                 out.append((*c, *r))
@@ -672,9 +675,8 @@ class DirectPreference(FinetuneObjective):
         from foundry.data.sampler import split_batch
 
         micro, _ = split_batch(self.cfg.training, world_size)
-        s = ExampleSampler(len(data.train), micro, self.cfg.training.seed, rank, world_size)
-        s.next_batch = lambda: self.collate(data.train, s.rows().tolist())
-        return s
+        return ExampleSampler(len(data.train), micro, self.cfg.training.seed, rank, world_size,
+                              fetch=lambda rows: self.collate(data.train, rows.tolist()))
 
     def tokens_per_row(self) -> int:
         return 2 * self.cfg.model_args.block_size  # a pair is two sequences
