@@ -82,7 +82,7 @@ def healing_experiment(child: ExperimentConfig, child_dir: str | Path, data_dir:
     over = {
         "init_from": str(child_dir), "data.path": str(data_dir), "out_dir": str(out_dir),
         "training.max_iters": it, "training.batch_size": budget.batch, "training.gradient_accumulation_steps": 1,
-        "training.learning_rate": lr, "training.min_lr": lr / 10, "training.warmup_iters": max(1, it // 10),
+        "training.learning_rate": lr, "training.min_lr": lr / 10, "training.warmup_iters": it // 10,  # < max_iters: a warmup must end before its schedule
         "training.lr_decay_iters": it, "training.lr_schedule": "cosine", "training.weight_decay": 0.0,
         "training.eval_interval": it, "training.eval_iters": 4, "training.log_interval": max(1, it // 10),
         "training.sample_tokens": 0, "training.seed": budget.seed,
