@@ -13,26 +13,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from foundry.data.finetune import HH_TURN, split_hh
 from foundry.eval.data import find_file, read_records
 from foundry.eval.runners import RUNNERS, EvalContext, limited
 from foundry.eval.stats import wilson_interval
 
-TURN = "\n\nAssistant:"
-
-
-def split_pair(chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """(context, chosen ending, rejected ending), cut after the last 'Assistant:' the two share; None if the
-    pair has no shared assistant turn or the two endings are identical."""
-    n = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        n += 1
-    cut = chosen.rfind(TURN, 0, n)
-    if cut < 0 or chosen == rejected:
-        return None
-    cut += len(TURN)
-    return chosen[:cut], chosen[cut:], rejected[cut:]
+# one HH-RLHF parser for the eval and DPO training (data/finetune.py): the same cut after the shared
+# "Assistant:" turn, so the pairs scored here are exactly the pairs DPO would read
+TURN = HH_TURN
+split_pair = split_hh
 
 
 def to_pair(r: dict) -> tuple[str, str, str] | None:
