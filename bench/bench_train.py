@@ -481,9 +481,19 @@ def cmd_dtypeloss(args, data):
     rows = []
     for seed in seeds:
         row = {"seed": seed}
-        for dtype in ("float32", "bfloat16"):
-            r = foundry_proc(data, f"dtypeloss_{dtype}", args.iters or 200, seed,
-                             [*args.dtype_run, f"training.dtype={dtype}"], whole=True)
+
+        def run(dtype):
+            return dtype, foundry_proc(data, f"dtypeloss_{dtype}", args.iters or 200, seed,
+                                       [*args.dtype_run, f"training.dtype={dtype}"], whole=True)
+
+        dtypes = ("float32", "bfloat16")
+        if args.parallel:  # only the loss matters here: both dtypes at once (give each 1 thread)
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(2) as pool:
+                results = list(pool.map(run, dtypes))
+        else:
+            results = [run(d) for d in dtypes]
+        for dtype, r in results:
             row[dtype] = r["summary"]["val_loss"]
             row[dtype + "_ms_per_iter"] = r["ms_per_iter"]
         row["bf16_minus_fp32"] = row["bfloat16"] - row["float32"]
@@ -491,7 +501,7 @@ def cmd_dtypeloss(args, data):
         rows.append(row)
     diffs = [r["bf16_minus_fp32"] for r in rows]
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-    record("dtypeloss", runs=rows, overrides=args.dtype_run, iters=args.iters or 200,
+    record("dtypeloss", runs=rows, overrides=args.dtype_run, iters=args.iters or 200, parallel=args.parallel,
            fp32_mean=statistics.mean(r["float32"] for r in rows), fp32_seed_sd=sd([r["float32"] for r in rows]),
            bf16_mean=statistics.mean(r["bfloat16"] for r in rows), bf16_seed_sd=sd([r["bfloat16"] for r in rows]),
            paired_diff_mean=statistics.mean(diffs), paired_diff_sd=sd(diffs),
@@ -632,6 +642,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype-run", nargs="*", default=["model_args.n_embd=384", "model_args.n_head=6",
                    "training.warmup_iters=20", "training.eval_interval=100", "training.sample_tokens=0"],
                    help="dtypeloss: KEY=VALUE overrides of the experiment for both dtypes")
+    p.add_argument("--parallel", action="store_true", help="dtypeloss: each seed's fp32 and bf16 runs at once")
     p.add_argument("--seeds", type=int, nargs="*", help="full: one pair of runs per seed (default: 1337)")
     p.add_argument("--omp-wait", choices=["PASSIVE", "ACTIVE"], help="speed/e2e/full: OMP_WAIT_POLICY for both "
                    "sides (default: nanoGPT libgomp's default, foundry its own choice; train.tune_omp_wait)")

@@ -115,15 +115,20 @@ def pick_dtype(name: str, device: torch.device, mc=None) -> torch.dtype:
 # 128: 0.95x); at nanoGPT's block 256, batch 64, 6 layers: width 128 1.47x, 256 2.22x, 384 3.04x.
 AMX_BF16_MIN_WIDTH = 256
 AMX_BF16_MIN_BLOCK = 256
+# ... on an AVX-512 BF16 CPU without AMX: bf16 autocast from this width (the narrowest measured). AMD EPYC
+# (cpu family 26), 2 threads, same benchmark (2026-12-02): block 64, batch 12, 4 layers: width 128 1.24x (4
+# heads) / 1.60x (2 heads), 256 2.12x, 384 2.50x; block 256, batch 64, 6 layers: 128 2.21x, 256 2.91x, 384 3.03x.
+AVX512_BF16_MIN_WIDTH = 128
 
 
-def dtype_choice(name: str, device: torch.device, mc=None) -> tuple[torch.dtype, str]:
+def dtype_choice(name: str, device: torch.device, mc=None, cpu=None) -> tuple[torch.dtype, str]:
     """(dtype, why). `auto`: bf16 autocast on CUDA cards that support it; on CPUs with AMX tiles (Intel
     Sapphire Rapids and later, where oneDNN runs bf16 GEMMs on the matrix units) when the model (`mc`, a
-    ModelConfig) is at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long, where that was measured to
-    pay; fp32 otherwise: narrow short models lose to the casts, and without a hardware bf16 path bf16 is
-    emulated (on an AVX2 CPU, no AVX512-BF16/AMX, bf16 autocast measured 2.4x slower than fp32, 2026-11-26).
-    AVX512-BF16 without AMX (dot products, no tiles) stays on fp32 until measured."""
+    ModelConfig) is at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long; on AVX-512 BF16 CPUs without
+    AMX (bf16 dot products on the vector units: AMD Zen 4 and later, Intel Cooper Lake) from
+    AVX512_BF16_MIN_WIDTH wide - each where it was measured to pay; fp32 otherwise: narrow short models lose to
+    the casts on AMX, and without a hardware bf16 path bf16 is emulated (on an AVX2 CPU bf16 autocast measured
+    2.4x slower than fp32, 2026-11-26). `cpu`: a foundry.hostcpu.HostCPU (default: this machine)."""
     import torch
 
     if name != "auto":
@@ -133,22 +138,27 @@ def dtype_choice(name: str, device: torch.device, mc=None) -> tuple[torch.dtype,
         if torch.cuda.is_bf16_supported():
             return torch.bfloat16, "auto: bf16 autocast (this CUDA device supports bf16)"
         return torch.float32, "auto: fp32 (this CUDA device has no bf16)"
-    if device.type != "cpu" or not cpu_has_amx():
-        return torch.float32, f"auto: fp32 ({device.type} without AMX tiles: bf16 would be emulated or unmeasured)"
-    if mc is None or mc.n_embd >= AMX_BF16_MIN_WIDTH or mc.block_size >= AMX_BF16_MIN_BLOCK:
-        size = "" if mc is None else f", {mc.n_embd} wide, block {mc.block_size}"
-        return torch.bfloat16, f"auto: bf16 autocast (CPU with AMX tiles{size}: measured 1.5-3.3x fp32 at this size)"
-    return torch.float32, (f"auto: fp32 (CPU with AMX tiles, but {mc.n_embd} wide and block {mc.block_size}: "
-                           f"bf16 measured 0.93-0.95x fp32 below width {AMX_BF16_MIN_WIDTH} and block "
-                           f"{AMX_BF16_MIN_BLOCK})")
+    if device.type != "cpu":
+        return torch.float32, f"auto: fp32 ({device.type}: bf16 unmeasured)"
+    if cpu is None:
+        from foundry.hostcpu import host_cpu
 
-
-def cpu_has_amx() -> bool:
-    """AMX tile support as torch's CPU dispatcher sees it (False where this torch build cannot tell)."""
-    import torch
-
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe()) if probe is not None else False
+        cpu = host_cpu()
+    size = "" if mc is None else f", {mc.n_embd} wide, block {mc.block_size}"
+    if cpu.amx:
+        if mc is None or mc.n_embd >= AMX_BF16_MIN_WIDTH or mc.block_size >= AMX_BF16_MIN_BLOCK:
+            return torch.bfloat16, f"auto: bf16 autocast (CPU with AMX tiles{size}: measured 1.5-3.3x fp32 at this size)"
+        return torch.float32, (f"auto: fp32 (CPU with AMX tiles, but {mc.n_embd} wide and block {mc.block_size}: "
+                               f"bf16 measured 0.93-0.95x fp32 below width {AMX_BF16_MIN_WIDTH} and block "
+                               f"{AMX_BF16_MIN_BLOCK})")
+    if cpu.avx512_bf16:
+        if mc is None or mc.n_embd >= AVX512_BF16_MIN_WIDTH:
+            return torch.bfloat16, (f"auto: bf16 autocast (AVX-512 BF16 CPU without AMX{size}: measured 1.2-3.0x "
+                                    f"fp32 from width {AVX512_BF16_MIN_WIDTH})")
+        return torch.float32, (f"auto: fp32 (AVX-512 BF16 CPU, but {mc.n_embd} wide: bf16 unmeasured below "
+                               f"width {AVX512_BF16_MIN_WIDTH})")
+    return torch.float32, (f"auto: fp32 ({cpu.capability} CPU without AVX-512 BF16 or AMX: bf16 would be emulated, "
+                           f"measured 2.4x slower on AVX2)")
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype):
@@ -339,6 +349,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({run.mode}) | "
             f"batch {micro_batch}x{accum}x{info.world_size}x{mc.block_size} = {tokens_per_iter:,} tokens/iter")
         say(f"dtype: {dtype_why}")
+        if device.type == "cpu" and dtype == torch.float32:
+            from foundry.hostcpu import host_cpu
+            from foundry.modules.attention import EXPLICIT_CAUSAL_MAX_T, explicit_causal_rule
+
+            explicit, why = explicit_causal_rule(host_cpu())
+            say(f"attention: {'explicit baddbmm' if explicit else 'SDPA flash'} causal path for training at "
+                f"T <= {EXPLICIT_CAUSAL_MAX_T} ({why})")
         if cfg.lora.rank > 0:
             from foundry.lora import describe_trainable
 

@@ -235,18 +235,27 @@ def test_long_or_forward_only_attention_stays_on_sdpa(monkeypatch):
     assert len(calls) == 3
 
 
-def test_explicit_short_attention_only_below_avx512(monkeypatch):
-    """The explicit path is taken where it was measured faster (AVX2 and narrower kernels); where torch runs
-    its AVX-512 kernels the flash kernel wins at these sizes and SDPA is called."""
+def test_explicit_short_attention_where_it_was_measured_faster(monkeypatch):
+    """The explicit path is taken where it was measured faster: below AVX-512 and on AMD's AVX-512; on Intel's
+    AVX-512 (Sapphire Rapids) and unknown vendors the flash kernel won or is unmeasured, and SDPA is called."""
+    from foundry.hostcpu import HostCPU
     from foundry.modules import attention as A
 
+    avx512 = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    for cpu, explicit in ((HostCPU("AVX2", "AuthenticAMD", 25, frozenset({"avx2"})), True),
+                          (HostCPU("DEFAULT"), True),
+                          (HostCPU("AVX512", "AuthenticAMD", 26, avx512), True),
+                          (HostCPU("AVX2", "GenuineIntel", 6, avx512), True),  # ATEN_CPU_CAPABILITY=avx2
+                          (HostCPU("AVX512", "GenuineIntel", 6, avx512 | {"amx_bf16"}, amx=True), False),
+                          (HostCPU("AVX512", "", None, avx512), False)):
+        assert A.explicit_causal_rule(cpu)[0] is explicit, cpu
     short = [torch.randn(1, 2, 16, 8, requires_grad=True) for _ in range(3)]
     calls = _sdpa_spy(monkeypatch)
-    for capability, sdpa_calls in (("AVX2", 0), ("DEFAULT", 0), ("AVX512", 1)):
-        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    for vendor, sdpa_calls in (("AuthenticAMD", 0), ("GenuineIntel", 1)):  # the rule is what attend follows
+        monkeypatch.setattr("foundry.hostcpu.host_cpu", lambda: HostCPU("AVX512", vendor, 6, avx512))
         A.explicit_causal_pays.cache_clear()
         A.attend(*short)
-        assert len(calls) == sdpa_calls, capability
+        assert len(calls) == sdpa_calls, vendor
     A.explicit_causal_pays.cache_clear()
 
 

@@ -222,28 +222,46 @@ def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_pa
         train(more.replace({"training.learning_rate": 5e-4}), quiet=True)
 
 
-def test_dtype_auto_follows_the_hardware(monkeypatch):
-    """`dtype: auto` is bf16 only where bf16 has a hardware path and was measured to pay: CUDA with bf16, or a
-    CPU with AMX tiles for a model at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long; each choice
-    says why."""
+def test_dtype_auto_follows_the_hardware():
+    """`dtype: auto` is bf16 only where bf16 has a hardware path and was measured to pay: CUDA with bf16, a
+    CPU with AMX tiles for a model at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long, an AVX-512
+    BF16 CPU without AMX from AVX512_BF16_MIN_WIDTH wide; each choice says why (flag sets, not this machine)."""
     from foundry import train as T
     from foundry.config import ModelConfig
+    from foundry.hostcpu import HostCPU
 
     cpu = torch.device("cpu")
     narrow, wide = ModelConfig(n_embd=128, block_size=64), ModelConfig(n_embd=384, n_head=6, block_size=64)
-    long_ = ModelConfig(n_embd=128, block_size=256)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert T.pick_dtype("auto", cpu, wide) == torch.float32
-    assert "without AMX" in T.dtype_choice("auto", cpu, wide)[1]
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert T.pick_dtype("auto", cpu, wide) == torch.bfloat16 == T.pick_dtype("auto", cpu, long_)
-    assert T.pick_dtype("auto", cpu, narrow) == torch.float32
-    assert "128 wide and block 64" in T.dtype_choice("auto", cpu, narrow)[1]
-    assert T.pick_dtype("auto", cpu) == torch.bfloat16      # no model to judge by: the hardware decides
-    assert T.pick_dtype("float32", cpu, wide) == torch.float32  # an explicit choice always wins
-    assert T.dtype_choice("bfloat16", cpu, narrow) == (torch.bfloat16, "training.dtype=bfloat16")
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert T.pick_dtype("auto", cpu, wide) == torch.float32      # a torch that cannot tell: fp32
+    long_, tiny = ModelConfig(n_embd=128, block_size=256), ModelConfig(n_embd=64, n_head=2, block_size=64)
+    avx2 = HostCPU("AVX2", "AuthenticAMD", 25, frozenset({"avx2", "fma"}))
+    zen = HostCPU("AVX512", "AuthenticAMD", 26, frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    no_bf16 = HostCPU("AVX512", "GenuineIntel", 6, frozenset({"avx2", "avx512f"}))          # Skylake-SP, Ice Lake
+    masked = HostCPU("AVX2", "AuthenticAMD", 26, frozenset({"avx2", "avx512f", "avx512_bf16"}))  # ATEN_CPU_CAPABILITY=avx2
+    amx = HostCPU("AVX512", "GenuineIntel", 6, frozenset({"avx512f", "avx512_bf16", "amx_bf16"}), amx=True)
+
+    def pick(hw, mc=None):
+        return T.dtype_choice("auto", cpu, mc, hw)
+
+    for hw in (avx2, no_bf16, masked):
+        assert pick(hw, wide)[0] == torch.float32 == pick(hw)[0]
+        assert "without AVX-512 BF16 or AMX" in pick(hw, wide)[1]
+    assert pick(zen, wide)[0] == pick(zen, narrow)[0] == pick(zen, long_)[0] == pick(zen)[0] == torch.bfloat16
+    assert "AVX-512 BF16 CPU without AMX, 128 wide" in pick(zen, narrow)[1]
+    assert pick(zen, tiny)[0] == torch.float32 and "unmeasured below width 128" in pick(zen, tiny)[1]
+    assert pick(amx, wide)[0] == torch.bfloat16 == pick(amx, long_)[0] == pick(amx)[0]
+    assert pick(amx, narrow)[0] == torch.float32
+    assert "128 wide and block 64" in pick(amx, narrow)[1]
+    assert T.dtype_choice("float32", cpu, wide, zen)[0] == torch.float32  # an explicit choice always wins
+    assert T.dtype_choice("bfloat16", cpu, narrow, avx2) == (torch.bfloat16, "training.dtype=bfloat16")
+
+
+def test_host_cpu_reads_vendor_family_and_flags():
+    from foundry.hostcpu import parse_cpuinfo
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+            "\nprocessor\t: 1\nvendor_id\t: Other\n")
+    assert parse_cpuinfo(text) == ("AuthenticAMD", 26, frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"}))
+    assert parse_cpuinfo("") == ("", None, frozenset())
 
 
 def test_omp_threads_sleep_only_on_a_busy_cpu(monkeypatch):

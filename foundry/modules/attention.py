@@ -147,12 +147,27 @@ def causal_allowed(Tq: int, Tk: int, device) -> torch.Tensor:
 EXPLICIT_CAUSAL_MAX_T = 128
 
 
+def explicit_causal_rule(cpu) -> tuple[bool, str]:
+    """(take the explicit path, why) for a `foundry.hostcpu.HostCPU`; measured with bench/bench_train.py attn,
+    2 threads, fp32 forward+backward, heads as the model makes them (BENCHMARKS.md "Training"):
+    - below AVX-512 (AVX2 AMD EPYC, 2026-11-27): explicit 1.15-1.33x SDPA's flash kernel at T=32-128;
+    - AVX-512 on AMD (EPYC, cpu family 26, 2026-12-02): explicit 1.14-1.45x at T=32-128 (0.97-1.03x at T=256);
+    - AVX-512 on Intel (Sapphire Rapids, 2026-12-01): explicit 0.57-0.89x at every T from 32 to 256, so SDPA.
+    Other AVX-512 CPUs are unmeasured and keep SDPA (torch's own choice)."""
+    if not cpu.avx512:
+        return True, f"{cpu.capability} kernels: explicit measured 1.15-1.33x the flash kernel at T <= 128"
+    if cpu.vendor == "AuthenticAMD":
+        return True, "AMD AVX-512: explicit measured 1.14-1.45x the flash kernel at T <= 128"
+    return False, f"{cpu.vendor or 'this CPU'} AVX-512: the flash kernel measured faster (Intel: explicit 0.57-0.89x)"
+
+
 @functools.lru_cache(maxsize=1)
 def explicit_causal_pays() -> bool:
-    """Whether this CPU takes the explicit path at all: where torch dispatches its AVX-512 kernels, the flash
-    kernel's wider vectors win instead (Intel Sapphire Rapids, 2 threads, heads as the model produces them:
-    explicit 0.8x SDPA at T=64, head size 32; BENCHMARKS.md). ATEN_CPU_CAPABILITY=avx2 forces the AVX2 rule."""
-    return torch.backends.cpu.get_cpu_capability() != "AVX512"
+    """Whether this CPU takes the explicit path at all (explicit_causal_rule on this machine; cached).
+    ATEN_CPU_CAPABILITY=avx2 forces the below-AVX-512 rule."""
+    from foundry.hostcpu import host_cpu
+
+    return explicit_causal_rule(host_cpu())[0]
 
 
 @functools.lru_cache(maxsize=8)
