@@ -193,12 +193,18 @@ class MLAConfig:
     to even (DeepSeek-V2's 64 of 192); it is used only with a rotary position (rope, hybrid).
     `rope_heads` RoPE keys of rope_head_dim each, every one shared by n_head / rope_heads consecutive query heads
     (1 = DeepSeek-V2); `latent_norm` RMS-normalises the latent (DeepSeek-V2). A model converted from MHA/GQA
-    (foundry.surgery, MHA2MLA) keeps one rotated key per parent KV head and has no latent norm."""
+    (foundry.surgery, MHA2MLA) keeps one rotated key per parent KV head and has no latent norm.
+    `rope_select` None: the RoPE keys turn at theta^(-2i/rope_head_dim) (DeepSeek-V2). "high" | "norm": each
+    key (and its queries) turns at its own rope_head_dim/2 of the rope config's frequencies (head_dim x
+    rope.fraction channels at rope.theta, rope.scaling: the parent's rotation), chosen per layer and key and
+    stored with the weights; foundry.surgery picks them as MHA2MLA: "high" the highest frequencies (S_high),
+    "norm" those with the largest query x key 2-norm on calibration text (S_2-norm, its default)."""
     kv_rank: int = 32
     q_rank: int = 0
     rope_head_dim: Optional[int] = None
     rope_heads: int = 1
     latent_norm: bool = True
+    rope_select: Optional[str] = None
 
     def rope_dim(self, head_dim: int) -> int:
         if self.rope_head_dim is not None:
@@ -211,6 +217,9 @@ class MLAConfig:
         _require(self.rope_head_dim is None or (self.rope_head_dim >= 0 and self.rope_head_dim % 2 == 0),
                  p + ".rope_head_dim", "must be an even number >= 0, or null (a third of the head size)")
         _require(self.rope_heads >= 1, p + ".rope_heads", "must be >= 1 (1 = one RoPE key shared by all heads)")
+        _require(self.rope_select in (None, "high", "norm"), p + ".rope_select",
+                 "must be null (DeepSeek-V2's frequencies), 'high' or 'norm' (per-key frequencies of the rope "
+                 "config, picked by foundry.surgery)")
 
 
 @dataclass(frozen=True)
@@ -353,13 +362,20 @@ class ModelConfig(_Frozen):
                 # DeepSeek-V2: RoPE cannot act on keys expanded from the latent, so it rotates a separate
                 # key of mla.rope_head_dim channels; rope.fraction has no meaning there
                 dr = self.mla.rope_dim(self.head_dim)
-                _require(2 <= dr < self.head_dim, p + ".mla.rope_head_dim",
+                _require(2 <= dr and (dr < self.head_dim or self.mla.rope_select), p + ".mla.rope_head_dim",
                          f"attention 'mla' with position {self.position!r} rotates a decoupled key of "
                          f"mla.rope_head_dim channels, which must be in [2, head size {self.head_dim}) "
                          f"(got {dr}); or use position 'nope', 'alibi' or 'learned'")
-                _require(self.rope.fraction == 1.0, p + ".rope.fraction",
-                         f"attention 'mla' rotates only its decoupled key (mla.rope_head_dim), so rope.fraction "
-                         f"does not apply; leave it at 1 (got {self.rope.fraction})")
+                if self.mla.rope_select is None:
+                    _require(self.rope.fraction == 1.0, p + ".rope.fraction",
+                             f"attention 'mla' rotates only its decoupled key (mla.rope_head_dim), so rope.fraction "
+                             f"does not apply; leave it at 1 (got {self.rope.fraction})")
+                else:  # the keys pick their frequencies from the rotation of head_dim x rope.fraction channels
+                    rot = int(self.head_dim * self.rope.fraction) // 2 * 2
+                    _require(dr <= rot, p + ".mla.rope_head_dim",
+                             f"mla.rope_select={self.mla.rope_select!r} picks rope_head_dim/2 of the "
+                             f"{rot // 2} frequencies of head size {self.head_dim} x rope.fraction "
+                             f"{self.rope.fraction}; rope_head_dim must be <= {rot} (got {dr})")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def cases() -> list:
         ("block-sparse-noglobal", dict(attention="block_sparse", block_sparse=BlockSparseConfig(3, 1, 0))),
         ("mla-qrank-rope", dict(attention="mla", position="rope", mla=MLAConfig(kv_rank=8, q_rank=16, rope_head_dim=2))),
         ("mla-ropeheads-nonorm", dict(attention="mla", position="rope",  # the form foundry.surgery converts to
-                                      mla=MLAConfig(kv_rank=8, rope_head_dim=4, rope_heads=2, latent_norm=False))),
+                                      mla=MLAConfig(kv_rank=8, rope_head_dim=4, rope_heads=2, latent_norm=False,
+                                                    rope_select="norm"))),
         ("rope-partial", dict(position="rope", rope=dataclasses.replace(TINY.rope, fraction=0.5))),
         ("hybrid-learned", dict(position="hybrid", hybrid=dataclasses.replace(TINY.hybrid, bias="learned"))),
         ("moe-shared-top1", dict(mlp="moe", moe=MoEConfig(n_experts=3, top_k=1, shared_expert=True, expert="swiglu"))),

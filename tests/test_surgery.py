@@ -2,6 +2,7 @@
 what it cannot do with the reason. Tiny Llama-style models (3 layers, 32 wide) so the file runs in seconds."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 
 from foundry.config import from_dict
 from foundry.model import GPT
-from foundry.modules.position import rope_cos_sin
 from foundry.surgery import SurgeryError, operate, surgery_cost
 from foundry.surgery.cost import kv_bytes_per_token
 from foundry.surgery.transforms import block_influence, residual_stream, split_qkv
@@ -113,26 +113,28 @@ def test_full_rank_svd_without_rope_reproduces_the_parent(bias):
     torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-4, rtol=0)
 
 
-def partial_rope_attention(attn, x, keep: int, theta: float):
-    """The parent's attention with RoPE kept only on the keep/2 highest-frequency pairs (MHA2MLA's S_high),
-    written out from the paper: q, k from the parent's weights; pair i = channels (i, i + hs/2) rotated at
-    theta^(-2i/hs) for i < keep/2; every other channel unrotated; causal softmax; output projection."""
+def partial_rope_attention(attn, x, freqs: list[list[int]], theta: float, rot: int | None = None):
+    """The parent's attention with RoPE kept only on the frequency pairs freqs[j] of each KV head j (and its
+    query heads), written out from the paper: q, k from the parent's weights; pair i = channels (i, i + rot/2)
+    rotated at theta^(-2i/rot) when i is kept; every other channel unrotated; causal softmax; projection."""
     B, L, _ = x.shape
     nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_dim
+    rot = rot or hs
     q, k, v = attn.project_qkv(x)                                    # (B, h, L, hs)
     pos = torch.arange(L, dtype=torch.float32)
-    inv = theta ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    inv = theta ** (-torch.arange(0, rot, 2, dtype=torch.float32) / rot)  # (rot/2,)
     ang = pos[:, None] * inv[None, :]
 
-    def rot(t):
+    def rotate(t, kv_head_of):
         t = t.clone()
-        for i in range(keep // 2):
-            a, b = t[..., i].clone(), t[..., i + hs // 2].clone()
-            c, s = ang[:, i].cos(), ang[:, i].sin()
-            t[..., i], t[..., i + hs // 2] = a * c - b * s, b * c + a * s
+        for h in range(t.shape[1]):
+            for i in freqs[kv_head_of(h)]:
+                a, b = t[:, h, :, i].clone(), t[:, h, :, i + rot // 2].clone()
+                c, s = ang[:, i].cos(), ang[:, i].sin()
+                t[:, h, :, i], t[:, h, :, i + rot // 2] = a * c - b * s, b * c + a * s
         return t
 
-    q, k = rot(q), rot(k)
+    q, k = rotate(q, lambda h: h // (nh // nkv)), rotate(k, lambda h: h)
     k, v = k.repeat_interleave(nh // nkv, 1), v.repeat_interleave(nh // nkv, 1)
     att = (q @ k.transpose(-1, -2)) / math.sqrt(hs)
     att = att.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
@@ -141,18 +143,74 @@ def partial_rope_attention(attn, x, keep: int, theta: float):
 
 def test_full_rank_svd_with_partial_rope_reproduces_the_parents_attention():
     """At full rank the converted attention is the parent's attention with RoPE kept on the highest-frequency
-    channels only (the partial-RoPE step of MHA2MLA), checked against that formula written out by hand."""
+    channels only (S_high, the partial-RoPE step of MHA2MLA), checked against that formula written out."""
     cfg = experiment()
     parent = parent_of(cfg)
     keep = 4
     s = operate(parent, cfg, "attention", "mla", overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - keep),
-                                                            "model_args.mla.rope_head_dim": keep})
-    assert s.config.model_args.mla.rope_heads == 2 and not s.config.model_args.mla.latent_norm
+                                                            "model_args.mla.rope_head_dim": keep,
+                                                            "model_args.mla.rope_select": "high"})
+    m = s.config.model_args.mla
+    assert m.rope_heads == 2 and not m.latent_norm and m.rope_select == "high"
+    assert s.details["rope_freqs"] == [[[0, 1], [0, 1]]] * 3
     x = torch.randn(2, 12, 32)
     with torch.no_grad():
         child_attn = s.model.blocks[1].attn(x, s.model.pos, torch.arange(12))
-        ref = partial_rope_attention(parent.blocks[1].attn, x, keep, 500.0)
+        ref = partial_rope_attention(parent.blocks[1].attn, x, [[0, 1], [0, 1]], 500.0)
     torch.testing.assert_close(child_attn, ref, atol=1e-4, rtol=1e-4)  # fp32 SVD round-off; a wrong channel is O(1)
+
+
+@pytest.mark.parametrize("select", ["norm", "high"])
+def test_mla_keeping_every_frequency_at_full_rank_reproduces_the_parent(select):
+    """Keeping RoPE on every frequency pair (rope_head_dim = head size: only V and no key channel go through
+    the latent) at full rank loses nothing, whichever selection; the child keeps the parent's rope config."""
+    cfg = experiment()
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "mla", calib=tokens(3, seed=4)[:, :-1],
+                overrides={"model_args.mla.kv_rank": 2 * 8, "model_args.mla.rope_head_dim": 8,
+                           "model_args.mla.rope_select": select})
+    assert s.exact and s.config.model_args.rope == cfg.model_args.rope
+    assert s.details["rope_freqs"] == [[[0, 1, 2, 3]] * 2] * 3
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-4, rtol=0)
+
+
+def plant_pair_norms(attn, big_k: dict[int, list[int]], big_q: dict[int, list[int]], small_q: dict[int, list[int]]):
+    """Scale the parent's q/k rows of chosen frequency pairs (channels i and i + hs/2): big_k[j] pairs of KV
+    head j x10, big_q[h] pairs of query head h x10, small_q[h] x0.01 (so a large key alone is not enough)."""
+    nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_dim
+    with torch.no_grad():
+        q, k, _ = split_qkv(attn.qkv.weight, nh, nkv, hs)
+        for t, plan, f in ((k, big_k, 10.0), (q, big_q, 10.0), (q, small_q, 0.01)):
+            for head, pairs in plan.items():
+                for i in pairs:
+                    t[head, [i, i + hs // 2]] *= f
+
+
+def test_mla_norm_selection_keeps_each_heads_largest_query_key_pairs():
+    """MHA2MLA's 2-norm selection on a constructed case: per KV head, the pairs whose mean query norm x key
+    norm is largest keep RoPE, different per head; a large key with a near-zero query is passed over; the
+    converted attention at full rank is the parent's with RoPE on exactly those pairs per head."""
+    cfg = experiment(n_layer=2)
+    parent = parent_of(cfg)
+    attn = parent.blocks[0].attn  # KV head 0 serves query heads 0, 1; KV head 1 serves 2, 3
+    plant_pair_norms(attn, big_k={0: [1, 3], 1: [0, 2]}, big_q={2: [3]}, small_q={2: [0], 3: [0]})
+    s = operate(parent, cfg, "attention", "mla", calib=tokens(3, seed=4)[:, :-1],
+                overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - 4), "model_args.mla.rope_head_dim": 4})
+    assert s.config.model_args.mla.rope_select == "norm" and s.details["rope_strategy"] == "S_2-norm"
+    # head 0: keys 1 and 3 are large; head 1: key 0 is large but its queries are ~0, so 2 and the planted q 3
+    want = [[1, 3], [2, 3]]
+    assert s.details["rope_freqs"][0] == want
+    assert s.model.blocks[0].attn.rope_freqs.tolist() == want
+    x = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        got = s.model.blocks[0].attn(x, s.model.pos, torch.arange(12))
+        ref = partial_rope_attention(attn, x, want, 500.0)
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        # a deliberate breakage: the kept frequencies of head 1 swapped for the highest ones -> caught
+        s.model.blocks[0].attn.rope_freqs[1] = torch.tensor([0, 1])
+        broken = s.model.blocks[0].attn(x, s.model.pos, torch.arange(12))
+    assert (broken - ref).abs().max() > 1e-2
 
 
 def test_mla_truncation_costs_more_the_lower_the_rank_and_saves_cache():
@@ -161,19 +219,37 @@ def test_mla_truncation_costs_more_the_lower_the_rank_and_saves_cache():
     x = tokens()
     kl, err = [], []
     for r in (16, 6):  # full rank is 2 * (2 * 8 - 4) = 24
-        s = operate(parent, cfg, "attention", f"mla_{r}", overrides={"model_args.mla.rope_head_dim": 4})
+        s = operate(parent, cfg, "attention", f"mla_{r}", calib=tokens(3, seed=4)[:, :-1],
+                    overrides={"model_args.mla.rope_head_dim": 4})
         cost = surgery_cost(parent, s.model, x)
         kl.append(cost["kl"]), err.append(s.details["svd_rel_error_mean"])
         assert cost["kv_bytes_child"] == 3 * (r + 2 * 4) * 4  # layers x (latent + 2 rope keys) x fp32
     assert 0 < err[0] < err[1] and kl[0] < kl[1]
 
 
-def test_converted_mla_decodes_from_its_latent_cache_like_the_full_forward():
+def test_converted_mla_decodes_from_its_latent_cache_like_the_full_forward_and_reloads(tmp_path):
+    """Per-key RoPE frequencies (planted to differ between the two keys) survive decoding from the latent cache
+    (absorbed attention) and a save / load as a run directory (the `rope_freqs` buffer is in the weights)."""
+    from foundry.checkpoint import load_run
+    from foundry.surgery.run import save_run
+
     cfg = experiment()
-    s = operate(parent_of(cfg), cfg, "attention", "mla_12", overrides={"model_args.mla.rope_head_dim": 4})
+    parent = parent_of(cfg)
+    for b in parent.blocks:
+        plant_pair_norms(b.attn, big_k={0: [2, 3], 1: [0, 1]}, big_q={}, small_q={})
+    s = operate(parent, cfg, "attention", "mla_12", calib=tokens(3, seed=4)[:, :-1],
+                overrides={"model_args.mla.rope_head_dim": 4})
+    assert s.model.blocks[0].attn.rope_freqs.tolist() == [[2, 3], [0, 1]]
     prompt = tokens(1)[0, :6].tolist()
     assert s.model.generate([prompt], 8, temperature=0) == s.model.generate([prompt], 8, temperature=0,
                                                                              use_cache=False)
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text(json.dumps({"type": "char", "chars": [chr(48 + i) for i in range(V)]}))
+    save_run(s.model, s.config, tok, tmp_path / "child")
+    back = load_run(tmp_path / "child").model
+    assert back.blocks[2].attn.rope_freqs.tolist() == s.model.blocks[2].attn.rope_freqs.tolist()
+    x = tokens()
+    torch.testing.assert_close(logits(back, x), logits(s.model, x), atol=0, rtol=0)
 
 
 def test_mla_refuses_a_rank_above_the_projections():
@@ -414,7 +490,8 @@ def test_sweep_heal_ranks_surgeries_of_a_trained_parent_after_equal_healing(trai
 @pytest.mark.real_checkpoint
 def test_real_smollm2_transfers_are_exact_where_they_should_be():
     """SmolLM2-135M-Instruct (3 KV heads of 9, head 64, RoPE theta 1e5): repeating its K/V heads to MHA gives
-    its logits; the full-rank MHA2MLA conversion gives its attention with RoPE on the kept channels only."""
+    its logits; the full-rank MHA2MLA conversion gives its attention with RoPE on the kept channels only
+    (per head, the 2-norm selection's)."""
     from foundry.surgery.run import load_parent
     from foundry.zoo import ZooError
 
@@ -426,10 +503,12 @@ def test_real_smollm2_transfers_are_exact_where_they_should_be():
     s = operate(parent.model, parent.config, "attention", "mha")
     torch.testing.assert_close(logits(s.model, x), logits(parent.model, x), atol=2e-4, rtol=0)
     keep = 16
-    s = operate(parent.model, parent.config, "attention", "mla",
+    calib = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(1))
+    s = operate(parent.model, parent.config, "attention", "mla", calib=calib,
                 overrides={"model_args.mla.kv_rank": 3 * (2 * 64 - keep), "model_args.mla.rope_head_dim": keep})
     h = torch.randn(1, 16, 576)
     with torch.no_grad():
-        ref = partial_rope_attention(parent.model.blocks[7].attn, h, keep, parent.model.cfg.rope.theta)
+        ref = partial_rope_attention(parent.model.blocks[7].attn, h, s.details["rope_freqs"][7],
+                                     parent.model.cfg.rope.theta)
         got = s.model.blocks[7].attn(h, s.model.pos, torch.arange(16))
     torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-3)

@@ -24,7 +24,7 @@ from torch import nn
 
 from foundry.config import ModelConfig
 from foundry.modules.norm import RMSNorm
-from foundry.modules.position import Position, apply_rope, rope_cos_sin
+from foundry.modules.position import Position, apply_rope, rope_cos_sin, rope_cos_sin_heads, rope_inv_freq
 from foundry.modules.registries import ATTENTION
 
 
@@ -418,6 +418,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
     encoding is rotary (rope, hybrid), whose `rotate` hook MLA replaces with its decoupled key. `mla.rope_heads`
     = g decoupled keys (B, T, g * dr), each shared by nh / g consecutive heads (g = 1 in DeepSeek-V2; a model
     converted from GQA by foundry.surgery keeps one per parent KV head, as MHA2MLA, Ji et al. 2025).
+    With `mla.rope_select` set, key i and its queries turn at frequencies table[rope_freqs[i]] of the rope
+    config's table (rope_inv_freq over head_dim x rope.fraction channels), `rope_freqs` (g, dr/2) a buffer saved
+    with the weights (MHA2MLA keeps a different subset of the parent's frequencies per head and layer).
     """
     options = ("model_args.mla", "model_args.rope")  # the config it reads (foundry/catalog.py)
 
@@ -431,6 +434,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         self.nope_dim = self.head_dim - self.rope_dim
         self.kv_rank, self.theta = m.kv_rank, cfg.rope.theta
         self.rope_heads = m.rope_heads
+        if self.rope_dim and m.rope_select is not None:  # per-key frequency subsets (foundry.surgery sets them)
+            self.table_dim, self.scaling = int(cfg.head_dim * cfg.rope.fraction) // 2 * 2, cfg.rope.scaling
+            self.register_buffer("rope_freqs", torch.arange(self.rope_dim // 2).repeat(m.rope_heads, 1))
         C, nh, hs = cfg.n_embd, self.n_head, self.head_dim
         qkv_bias = cfg.has_bias("qkv")  # the projections that replace qkv carry its bias
         if m.q_rank > 0:  # queries through their own low-rank bottleneck (saves activations, not cache)
@@ -455,6 +461,17 @@ class MultiHeadLatentAttention(CausalSelfAttention):
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LatentCache:
         return LatentCache(batch, max_len, self.kv_rank, self.rope_heads * self.rope_dim, device, dtype)
+
+    def rope_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, sin for the rope keys and for the queries: (T or B, T, dr/2) shared by every head, or with
+        per-key frequencies (B or 1, g, T, dr/2) and (B or 1, nh, T, dr/2), each query head its key's."""
+        if not hasattr(self, "rope_freqs"):
+            cos, sin = rope_cos_sin(positions, self.rope_dim, self.theta, dtype)
+            return cos, sin, cos, sin
+        inv = rope_inv_freq(self.table_dim, self.theta, self.scaling, positions.device)[self.rope_freqs]
+        cos, sin = rope_cos_sin_heads(positions, inv, dtype)                 # (B or 1, g, T, dr/2)
+        group = self.n_head // self.rope_heads
+        return cos, sin, cos.repeat_interleave(group, dim=1), sin.repeat_interleave(group, dim=1)
 
     def rope_keys(self, k_rope: torch.Tensor) -> torch.Tensor:
         """(B, T, g * dr) -> (B, g, T, dr): the g decoupled RoPE keys as heads."""
@@ -494,9 +511,9 @@ class MultiHeadLatentAttention(CausalSelfAttention):
         c, k_rope = self.kv_down(x).split([self.kv_rank, g * dr], dim=-1)  # (B, T, r), (B, T, g * dr)
         c = self.kv_norm(c)
         if dr:
-            cos, sin = rope_cos_sin(positions, dr, self.theta, q.dtype)
+            cos, sin, q_cos, q_sin = self.rope_cos_sin(positions, q.dtype)
             q_nope, q_rope = q.split([self.nope_dim, dr], dim=-1)
-            q = torch.cat((q_nope, apply_rope(q_rope, cos, sin)), dim=-1)
+            q = torch.cat((q_nope, apply_rope(q_rope, q_cos, q_sin)), dim=-1)
             k_rope = apply_rope(self.rope_keys(k_rope), cos, sin).transpose(1, 2).reshape(B, T, g * dr)
         start = 0
         if cache is not None:

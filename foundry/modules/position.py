@@ -71,8 +71,18 @@ def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float, dtype: torch.d
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+def rope_cos_sin_heads(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype):
+    """cos, sin of shape (B or 1, h, T, d/2) when each head turns at its own frequencies inv_freq (h, d/2)
+    (a model converted by MHA2MLA keeps RoPE on a different subset of the parent's frequencies per head)."""
+    p = positions.to(torch.float32)
+    p = p[None] if p.dim() == 1 else p                                           # (B or 1, T)
+    angles = p[:, None, :, None] * inv_freq.to(torch.float32)[None, :, None, :]  # (B or 1, h, T, d/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first 2*cos.shape[-1] channels of x (B, h, T, hs) in the half-split layout of Llama."""
+    """Rotate the first 2*cos.shape[-1] channels of x (B, h, T, hs) in the half-split layout of Llama.
+    cos, sin: (T, d/2), (B, T, d/2) for per-row positions, or (B or 1, h, T, d/2) per head."""
     rot = 2 * cos.shape[-1]
     if cos.dim() == 3:  # (B, T, d/2): per-row positions, add the head axis
         cos, sin = cos[:, None], sin[:, None]

@@ -133,7 +133,13 @@ def from_scratch(s: Surgery, *, seed: int = 0) -> Surgery:
     """The other control: the mutated config with every weight freshly initialised (what training the
     mutation from scratch starts from)."""
     torch.manual_seed(seed)
-    s.model = GPT(s.config.model_args).to(dtype=next(s.model.parameters()).dtype)
+    fresh = GPT(s.config.model_args).to(dtype=next(s.model.parameters()).dtype)
+    with torch.no_grad():  # integer buffers are structure, not learned weights (MLA's per-key RoPE frequencies)
+        old = dict(s.model.named_buffers())
+        for name, b in fresh.named_buffers():
+            if not b.is_floating_point() and name in old:
+                b.copy_(old[name])
+    s.model = fresh
     return _relabel(s, f"control: fresh initialisation (seed {seed})")
 
 
@@ -148,7 +154,8 @@ def _relabel(s: Surgery, method: str) -> Surgery:
 def _stamp(s: Surgery, parent_name: str | None) -> Surgery:
     lineage = dict(s.config.lineage)
     lineage["surgery"] = {"mutation": s.mutation, "method": s.method, "exact": s.exact, "parent": parent_name,
-                          **{k: v for k, v in s.details.items() if isinstance(v, (int, float, str, bool, list))}}
+                          **{k: v for k, v in s.details.items() if isinstance(v, (int, float, str, bool, list))
+                             and not (isinstance(v, list) and v and isinstance(v[0], list))}}  # not per layer x head
     s.config = s.config.replace({"lineage": lineage})
     return s
 
@@ -225,40 +232,79 @@ def attention(parent, parent_cfg, child_cfg, calib, **opts):
 # --------------------------------------------------------------------------------------------------
 # attention: MLA by MHA2MLA (partial RoPE, then a joint SVD of the K/V projections)
 # --------------------------------------------------------------------------------------------------
-def rope_channels(head_dim: int, rot_dim: int, keep: int) -> tuple[list[int], list[int]]:
-    """(nope, rope) channel indices of one parent head when MHA2MLA keeps RoPE on `keep` channels.
+def rope_channels(head_dim: int, rot_dim: int, freqs: list[int]) -> tuple[list[int], list[int]]:
+    """(nope, rope) channel indices of one parent head when MHA2MLA keeps RoPE on the frequency pairs `freqs`.
 
     The parent rotates its first rot_dim channels in Llama's half-split layout: pair i = (i, i + rot_dim/2)
-    turns at theta^(-2i/rot_dim). MHA2MLA's S_high strategy keeps the keep/2 highest-frequency pairs
-    (i < keep/2), which carry the local, position-sensitive attention; every other channel (including the
-    parent's unrotated ones) loses RoPE and goes through the latent. The child's rope part is laid out
-    half-split again, [i..., i + rot_dim/2 ...], so child pair j is parent pair j at the same frequency once the
-    child's theta is theta^(keep/rot_dim): theta'^(-2j/keep) = theta^(-2j/rot_dim)."""
-    half = keep // 2
-    rope = list(range(half)) + [rot_dim // 2 + i for i in range(half)]
+    turns at the i-th frequency of its table (theta^(-2i/rot_dim), highest first). The kept pairs keep RoPE;
+    every other channel (including the parent's unrotated ones) loses it and goes through the latent. The
+    child's rope part is laid out half-split again, [f..., f + rot_dim/2 ...] for f in freqs, so child pair j
+    turns at the parent's frequency freqs[j] (the child's `rope_freqs` buffer holds freqs)."""
+    rope = list(freqs) + [rot_dim // 2 + i for i in freqs]
     taken = set(rope)
     return [i for i in range(head_dim) if i not in taken], rope
+
+
+@torch.no_grad()
+def rope_pair_norms(model: GPT, calib: torch.Tensor, batch: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (queries (nh, rot/2), keys (nkv, rot/2)): the mean over the calibration tokens of the 2-norm
+    of each head's rotary frequency pair i = channels (i, i + rot/2), taken from the qkv projection (a
+    rotation turns the pair without changing its norm, so before RoPE is the same as after)."""
+    m = model.cfg
+    nh, nkv, hs = m.n_head, m.kv_heads, m.head_dim
+    half = int(hs * m.rope.fraction) // 2
+    sums = [[0.0, 0.0] for _ in range(m.n_layer)]
+    count = [0]
+
+    def pair_norm(t: torch.Tensor) -> torch.Tensor:  # (N, h, hs) -> (h, rot/2) summed over N
+        return torch.hypot(t[..., :half], t[..., half:2 * half]).sum(0)
+
+    def hook(i):
+        def fn(mod, args, out):
+            q, k, _ = out.flatten(0, 1).float().split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+            sums[i][0] = sums[i][0] + pair_norm(q.unflatten(-1, (nh, hs)))
+            sums[i][1] = sums[i][1] + pair_norm(k.unflatten(-1, (nkv, hs)))
+            if i == 0:
+                count[0] += out.shape[0] * out.shape[1]
+        return fn
+
+    run_hooked(model, calib, [b.attn.qkv.register_forward_hook(hook(i)) for i, b in enumerate(model.blocks)], batch)
+    return [(q / count[0], k / count[0]) for q, k in sums]
+
+
+def select_rope_freqs(q_norm: torch.Tensor, k_norm: torch.Tensor, keep: int) -> list[list[int]]:
+    """MHA2MLA's 2-norm selection (S_2-norm, Ji et al. 2025, sec. 3.1): the contribution of frequency pair i to
+    a query-key score is bounded by ||q_i|| ||k_i|| (Cauchy-Schwarz on the 2-D subspace), so each KV head keeps
+    RoPE on the `keep` pairs with the largest mean query norm x mean key norm; the query norm is averaged over
+    the query heads that read that KV head (they share its RoPE key). q_norm (nh, P), k_norm (nkv, P) ->
+    per KV head the kept pair indices, ascending (highest frequency first)."""
+    nkv = k_norm.shape[0]
+    score = q_norm.unflatten(0, (nkv, -1)).mean(1) * k_norm                      # (nkv, P)
+    return [sorted(row.topk(keep).indices.tolist()) for row in score]
 
 
 def mha2mla(parent, parent_cfg, child_cfg, calib, **opts):
     """MHA2MLA (Ji et al. 2025, "Towards Economical Inference: Enabling DeepSeek's Multi-Head Latent Attention
     in Any Transformer-based LLMs"), per layer:
 
-    1. partial RoPE: each KV head keeps its dr highest-frequency rotated channels (S_high) as a decoupled RoPE
-       key (mla.rope_heads = the parent's KV heads, so nothing is shared that was not); queries are permuted
-       to [nope | rope] alike;
+    1. partial RoPE: each KV head keeps RoPE on dr/2 of its rotary frequency pairs as a decoupled RoPE key
+       (mla.rope_heads = the parent's KV heads, so nothing is shared that was not); mla.rope_select "norm"
+       (default) picks them per head by the 2-norm score on the calibration text (S_2-norm, the paper's
+       best), "high" the highest frequencies (S_high); queries are permuted to [nope | rope] as their KV head;
     2. SVD_joint: the remaining key channels and the values, stacked [W_k_nope; W_v] (nkv (2 hs - dr), C),
        are factored by a truncated SVD U_r S_r V_r^T: kv_down = S_r^1/2 V_r^T (r, C) writes the latent,
        kv_up = U_r S_r^1/2 expands it to every query head's [k_nope | v] (its KV head's rows).
 
-    No latent norm (the SVD factors are the projection itself). At full rank the child is the parent with RoPE
-    removed from the dropped channels; with dr = head size nothing but V would go through the latent. Returns
-    the relative Frobenius error of the truncation per layer in details."""
+    The child keeps the parent's rope config (theta, fraction, scaling): its keys turn at the parent's own
+    frequencies, indexed per layer and key by the `rope_freqs` buffer. No latent norm (the SVD factors are the
+    projection itself). At full rank with every frequency kept the child computes the parent's function.
+    Returns the relative Frobenius error of the truncation per layer and the kept frequencies in details."""
     m, c = parent.cfg, child_cfg.model_args
     nh, hs, nkv, C = m.n_head, m.head_dim, m.kv_heads, m.n_embd
     rotary = m.position in ("rope", "hybrid")
     rot = int(hs * m.rope.fraction) // 2 * 2 if rotary else 0
     dr = c.mla.rope_dim(hs) if rotary else 0
+    select = c.mla.rope_select or "norm"
     if rotary and dr > rot:
         raise SurgeryError(f"attention mla: mla.rope_head_dim={dr} exceeds the parent's {rot} rotated channels "
                            f"per head; set model_args.mla.rope_head_dim to an even number <= {rot}")
@@ -275,36 +321,49 @@ def mha2mla(parent, parent_cfg, child_cfg, calib, **opts):
     over = {"model_args.mla.rope_heads": nkv, "model_args.mla.latent_norm": False,
             "model_args.mla.rope_head_dim": dr if rotary else child_cfg.model_args.mla.rope_head_dim}
     if rotary:
-        over.update({"model_args.rope.theta": m.rope.theta ** (dr / rot), "model_args.rope.fraction": 1.0})
+        over["model_args.mla.rope_select"] = select
     child_cfg = child_cfg.replace(over)
-    nope, rope = rope_channels(hs, rot, dr) if rotary else (list(range(hs)), [])
-    perm = torch.tensor(nope + rope)
-    nope_t, rope_t = torch.tensor(nope, dtype=torch.long), torch.tensor(rope, dtype=torch.long)
+    if not rotary:
+        freqs = [[[] for _ in range(nkv)] for _ in parent.blocks]
+    elif select == "high":
+        freqs = [[list(range(dr // 2))] * nkv for _ in parent.blocks]
+    else:
+        norms = rope_pair_norms(parent, _need_calib(calib, "attention mla (mla.rope_select 'norm')"))
+        freqs = [select_rope_freqs(qn, kn, dr // 2) for qn, kn in norms]
     child = _new_child(child_cfg, parent)
     group = nh // nkv
+    heads = torch.arange(nh) // group                                            # each query head's KV head
     errors = []
     with torch.no_grad():
-        for pb, cb in zip(parent.blocks, child.blocks):
+        for pb, cb, fl in zip(parent.blocks, child.blocks, freqs):
             a, ca = pb.attn, cb.attn
+            chans = [rope_channels(hs, rot, f) for f in fl]
+            nope_t = torch.tensor([n for n, _ in chans], dtype=torch.long)       # (nkv, hs - dr)
+            rope_t = torch.tensor([rp for _, rp in chans], dtype=torch.long).view(nkv, dr)
+            perm = torch.cat([nope_t, rope_t], dim=1)[heads]                     # (nh, hs): [nope | rope]
+            kv_i = torch.arange(nkv)[:, None]
             q, k, v = split_qkv(a.qkv.weight.float(), nh, nkv, hs)               # (nh|nkv, hs, C)
-            ca.wq.weight.copy_(q[:, perm].flatten(0, 1))
-            joint = torch.cat([k[:, nope_t].flatten(0, 1), v.flatten(0, 1)])    # (nkv (2hs - dr), C)
+            ca.wq.weight.copy_(q[torch.arange(nh)[:, None], perm].flatten(0, 1))
+            joint = torch.cat([k[kv_i, nope_t].flatten(0, 1), v.flatten(0, 1)])  # (nkv (2hs - dr), C)
             U, S, Vh = torch.linalg.svd(joint, full_matrices=False)
             root = S[:r].sqrt()
             down, up = root[:, None] * Vh[:r], U[:, :r] * root[None, :]          # (r, C), (rows, r)
             errors.append(float(S[r:].square().sum().sqrt() / S.square().sum().sqrt()))
             up_k = up[: nkv * (hs - dr)].unflatten(0, (nkv, hs - dr))            # (nkv, hs - dr, r)
             up_v = up[nkv * (hs - dr):].unflatten(0, (nkv, hs))                  # (nkv, hs, r)
-            heads = torch.arange(nh) // group                                    # each query head's KV head
             ca.kv_up.weight.copy_(torch.cat([up_k[heads], up_v[heads]], dim=1).flatten(0, 1))
-            ca.kv_down.weight.copy_(torch.cat([down, k[:, rope_t].flatten(0, 1)]))
+            ca.kv_down.weight.copy_(torch.cat([down, k[kv_i, rope_t].flatten(0, 1)]))
+            if dr:
+                ca.rope_freqs.copy_(torch.tensor(fl, dtype=torch.long))
             if a.qkv.bias is not None:
                 bq, bk, bv = split_qkv(a.qkv.bias.float(), nh, nkv, hs)
-                ca.wq.bias.copy_(bq[:, perm].flatten())
-                ca.kv_down.bias.copy_(torch.cat([bk.new_zeros(r), bk[:, rope_t].flatten()]))
-                ca.kv_up.bias.copy_(torch.cat([bk[heads][:, nope_t], bv[heads]], dim=1).flatten())
-    details = {"method": "MHA2MLA (Ji et al. 2025): partial RoPE (S_high) + joint SVD of K/V",
-               "kv_rank": r, "full_rank": full, "rope_head_dim": dr, "rope_strategy": "S_high",
+                ca.wq.bias.copy_(bq[torch.arange(nh)[:, None], perm].flatten())
+                ca.kv_down.bias.copy_(torch.cat([bk.new_zeros(r), bk[kv_i, rope_t].flatten()]))
+                ca.kv_up.bias.copy_(torch.cat([bk[kv_i, nope_t][heads], bv[heads]], dim=1).flatten())
+    strategy = {"norm": "S_2-norm", "high": "S_high"}[select] if rotary else "none (no rotary position)"
+    details = {"method": f"MHA2MLA (Ji et al. 2025): partial RoPE ({strategy}) + joint SVD of K/V",
+               "kv_rank": r, "full_rank": full, "rope_head_dim": dr, "rope_strategy": strategy,
+               "rope_freqs": freqs if rotary else [],
                "svd_rel_error_mean": sum(errors) / len(errors), "svd_rel_error_max": max(errors)}
     return child_cfg, child, r == full and dr == rot, details
 
