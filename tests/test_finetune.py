@@ -194,6 +194,42 @@ def test_hh_rlhf_dialogues_split_into_prompt_turns_and_final_answers():
     assert (p.chosen, p.rejected) == ("yes, sure", "no")
 
 
+def test_a_pair_that_does_not_fit_loses_its_prompt_start_then_its_answer_ends_alike():
+    from foundry.trainer.objectives import fit_pair
+
+    prompt = list(range(100, 110))                                   # 10 prompt tokens, then the answers
+
+    def seq(ans):
+        return prompt + ans, [False] * len(prompt) + [True] * len(ans)
+
+    (cx, cy, rx, ry), cut = fit_pair(seq([1, 2, 3]), seq([4, 5, 6, 7]), T=8)
+    assert cut == (True, False)                                      # 9 = 5 prompt tokens (its end) + 4
+    assert cx == [105, 106, 107, 108, 109, 1, 2] and cy == [-1, -1, -1, -1, 1, 2, 3] and ry[-4:] == [4, 5, 6, 7]
+    (cx, cy, rx, ry), cut = fit_pair(seq(list(range(20))), seq(list(range(1, 21))), T=12)
+    assert cut == (True, True) and cx[:6] == rx[:6] == prompt[-6:] and len(cx) == len(rx) == 12  # half the block
+    assert fit_pair(seq([1, 2, 3] * 9 + [4]), seq([1, 2, 3] * 9 + [5]), T=12) is None  # same once capped
+    assert fit_pair(seq([1, 2]), seq([1, 3]), T=64)[1] == (False, False)
+
+
+def test_dpo_scores_only_the_final_answer_and_keeps_long_dialogues(files, tmp_path):
+    from foundry.trainer.objectives import OBJECTIVES
+    turns = "".join(f"\n\nHuman: tell me about the {w} again\n\nAssistant: the {w} is here" for w in
+                    ["apple", "river", "stone", "cloud", "green", "seven"] * 2)           # far over 64 tokens
+    recs = [{"chosen": turns + f"\n\nHuman: and {i}?\n\nAssistant: yes, sure",
+             "rejected": turns + f"\n\nHuman: and {i}?\n\nAssistant: no way"} for i in range(8)]
+    cfg = finetune_config(files["base"], write_jsonl(tmp_path / "hh.jsonl", recs), tmp_path / "x",
+                          **{"training.objective": "dpo", "data.val_examples": 2})
+    obj = OBJECTIVES.get("dpo")(cfg)
+    data = obj.load_data(obj.prepare(cfg))
+    assert (len(data.train), len(data.val), data.split["skipped"], data.split["prompt_truncated"]) == (6, 2, 0, 8)
+    cx, cy, rx, ry, line = data.val[0]
+    tok, k = data.tokenizer, cy.index(next(t for t in cy if t != -1))
+    assert line == 7 and cx[:k] == rx[:k] and len(cx) <= 64          # one prompt for both, its end kept
+    assert "and 6?" in tok.decode(cx[:k]) and "Human: tell me" not in tok.decode(cx[:3])
+    assert tok.decode([t for t in cy if t != -1]).startswith("yes, sure")        # the final answer only
+    assert tok.decode([t for t in ry if t != -1]).startswith("no way")
+
+
 # --------------------------------------------------------------------------------------------------
 # PEFT's format, both directions
 # --------------------------------------------------------------------------------------------------

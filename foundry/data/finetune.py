@@ -249,8 +249,16 @@ class Renderer:
         return ids, [bool(trained[s]) if s < len(text) else False for s, _ in offsets]
 
     def prompt_and_answer(self, prompt: list[dict], answer: str) -> tuple[list[int], list[bool]]:
-        """The whole exchange, the mask covering the answer's tokens (and its end-of-turn marker)."""
-        return self.tokens(prompt + [{"role": "assistant", "content": answer}])
+        """The whole exchange, the mask covering the final answer's tokens (and its end-of-turn marker) only:
+        the prompt's earlier assistant turns are context here, not part of the answer."""
+        ids, mask = self.tokens(prompt + [{"role": "assistant", "content": answer}])
+        end = len(mask)
+        while end and not mask[end - 1]:
+            end -= 1
+        start = end
+        while start and mask[start - 1]:
+            start -= 1
+        return ids, [start <= i < end for i in range(len(mask))]
 
 
 def choose_format(explicit: str | None, tokenizer, template: str | None) -> str:

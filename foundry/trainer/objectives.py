@@ -576,7 +576,7 @@ def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 class PairData:
     name: str
     tokenizer: object
-    train: list                   # [(chosen ids, chosen targets, rejected ids, rejected targets)] as int lists
+    train: list                   # [(chosen ids, chosen targets, rejected ids, rejected targets, line)]
     val: list
     fingerprint: str
     chat_format: str
@@ -588,24 +588,43 @@ class PairData:
 
     def describe(self) -> str:
         return (f"{self.name} ({len(self.train):,} train / {len(self.val):,} held-out pairs, "
-                f"{self.split['reserved']} reserved for evaluation, {self.chat_format}, vocab {self.vocab_size})")
+                f"{self.split['reserved']} reserved for evaluation, {self.split['prompt_truncated']} prompts cut "
+                f"from the left and {self.split['answers_truncated']} answer pairs capped to fit, "
+                f"{self.chat_format}, vocab {self.vocab_size})")
 
 
-def _fit(ids: list[int], mask: list[bool], T: int) -> tuple[list[int], list[int]] | None:
-    """Inputs and targets (-1 outside the answer) of one rendered exchange, at most T tokens: a long prompt
-    loses its start (the answer and the turns nearest it are kept); None if the answer alone does not fit."""
-    first = next((i for i, m in enumerate(mask) if m), None)
-    if first is None:
+def fit_pair(chosen: tuple[list[int], list[bool]], rejected: tuple[list[int], list[bool]], T: int):
+    """Inputs and targets (-1 outside the answer) of a pair's two rendered exchanges, each at most T tokens, and
+    what was cut: ((cx, cy, rx, ry), (prompt cut, answers cut)); None if no preference is left.
+
+    Both sequences share one prompt (the tokens before the answers) and are cut alike, as TRL's DPO
+    truncation does: a pair that does not fit first loses the prompt's start (its end, the turns nearest the
+    answer, is kept) down to half the block, then the answers are capped to what remains. So no pair is lost to
+    its length; only a pair whose capped answers are identical (or empty) is."""
+    (ci, cm), (ri, rm) = chosen, rejected
+    if True not in cm or True not in rm:
         return None
-    if len(ids) > T + 1:
-        cut = len(ids) - (T + 1)
-        if cut >= first:  # the answer would lose its beginning: cut its end instead
-            ids, mask = ids[:T + 1], mask[:T + 1]
-        else:
-            ids, mask = ids[cut:], mask[cut:]
-    x = ids[:-1]
-    y = [t if m else -1 for t, m in zip(ids[1:], mask[1:])]
-    return (x, y) if any(t != -1 for t in y) else None
+    p = 0
+    for a, b in zip(ci[:cm.index(True)], ri[:rm.index(True)]):
+        if a != b:
+            break
+        p += 1
+    prompt, answers = ci[:p], [(ci[p:], cm[p:]), (ri[p:], rm[p:])]
+    longest = max(len(a) for a, _ in answers)
+    keep, cap = p, longest
+    if p + longest > T + 1:
+        keep = min(p, max(T + 1 - longest, (T + 1) // 2))
+        cap = T + 1 - keep
+    out = []
+    for a, m in answers:
+        ids, mask = prompt[p - keep:] + a[:cap], [False] * keep + m[:cap]
+        y = [t if k else -1 for t, k in zip(ids[1:], mask[1:])]
+        if all(t == -1 for t in y):
+            return None
+        out += [ids[:-1], y]
+    if out[:2] == out[2:]:
+        return None
+    return tuple(out), (keep < p, cap < longest)
 
 
 @OBJECTIVES.register("dpo")
@@ -630,30 +649,30 @@ class DirectPreference(FinetuneObjective):
         train_rows, val_rows = split_records(rows, cfg.data.reserved, cfg.data.val_examples, path)
         T = cfg.model_args.block_size
 
+        cuts = {"skipped": 0, "prompt_truncated": 0, "answers_truncated": 0}
+
         def encode(part):
-            out, skipped = [], 0
+            out = []
             for line, rec in part:
                 pair = preference_pair(rec, f"{path}:{line}", line)
-                if pair is None:
-                    skipped += 1
+                fit = pair and fit_pair(render.prompt_and_answer(pair.prompt, pair.chosen),
+                                        render.prompt_and_answer(pair.prompt, pair.rejected), T)
+                if not fit:  # nothing to prefer: identical endings, or answers identical once capped
+                    cuts["skipped"] += 1
                     continue
-                c = _fit(*render.prompt_and_answer(pair.prompt, pair.chosen), T)
-                r = _fit(*render.prompt_and_answer(pair.prompt, pair.rejected), T)
-                if c is None or r is None or c == r:  # no answer left, or cut to the same tokens: no preference
-                    skipped += 1
-                    continue
-                out.append((*c, *r))
-            return out, skipped
+                out.append((*fit[0], line))
+                cuts["prompt_truncated"] += fit[1][0]
+                cuts["answers_truncated"] += fit[1][1]
+            return out
 
-        train, s1 = encode(train_rows)
-        val, s2 = encode(val_rows)
+        train, val = encode(train_rows), encode(val_rows)
         if not train or not val:
             raise DataError(f"{path}: no usable pairs left after rendering in block_size={T} (train {len(train)}, "
                             f"validation {len(val)}); raise model_args.block_size or check the records")
         first = train_rows[0][0]
         split = {"file": str(path), "records": len(rows), "reserved": cfg.data.reserved,
                  "train_lines": [first, train_rows[-1][0]], "val_lines": [val_rows[0][0], val_rows[-1][0]],
-                 "train_pairs": len(train), "val_pairs": len(val), "skipped": s1 + s2}
+                 "train_pairs": len(train), "val_pairs": len(val), **cuts}
         return PairData(path.name, tok, train, val, _fingerprint(path, f"{render.fmt}:{T}:{cfg.data.reserved}"),
                         render.fmt, split)
 
@@ -747,12 +766,15 @@ class DirectPreference(FinetuneObjective):
         was = model.training
         model.eval()
         B = self.cfg.training.batch_size
-        acc = {"losses": [], "pref": [], "rewards/accuracies": [], "rewards/margins": []}
+        acc = {"losses": [], "pref": [], "rewards/accuracies": [], "rewards/margins": [], "logps/chosen": [],
+               "logps/rejected": [], "tokens/chosen": [], "tokens/rejected": []}
         with torch.no_grad():
             for i in range(0, len(data.val), B):
                 batch = self.to_device(self.collate(data.val, list(range(i, min(i + B, len(data.val))))), device)
                 with ctx:
                     st = self.pair_stats(model, batch)
+                n_tok = (batch[1] != -1).sum(-1)
+                st["tokens/chosen"], st["tokens/rejected"] = n_tok[:len(n_tok) // 2], n_tok[len(n_tok) // 2:]
                 for k in acc:
                     acc[k] += st[k].float().cpu().tolist()
         model.train(was)
@@ -761,5 +783,10 @@ class DirectPreference(FinetuneObjective):
                "val_reward_acc": sum(acc["rewards/accuracies"]) / n, "val_margin": sum(acc["rewards/margins"]) / n,
                "val_pairs": n}
         if per_item:
-            out["items"] = [{"id": str(i), "correct": p} for i, p in enumerate(acc["pref"])]
+            # per pair (id: the record's line): the preference outcome, both log-probs and answer lengths, the
+            # implicit reward margin against the reference
+            out["items"] = [{"id": str(pair[4]), "correct": acc["pref"][j], "logp_chosen": acc["logps/chosen"][j],
+                             "logp_rejected": acc["logps/rejected"][j], "tokens_chosen": int(acc["tokens/chosen"][j]),
+                             "tokens_rejected": int(acc["tokens/rejected"][j]),
+                             "reward_margin": acc["rewards/margins"][j]} for j, pair in enumerate(data.val)]
         return out
