@@ -230,6 +230,19 @@ def test_dpo_scores_only_the_final_answer_and_keeps_long_dialogues(files, tmp_pa
     assert tok.decode([t for t in ry if t != -1]).startswith("no way")
 
 
+def test_a_checkpoint_template_renders_as_transformers_compiles_it():
+    from foundry.data.finetune import DataError, TemplateFormat
+    tpl = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+           "{% if loop.index > 2 %}{% break %}{% endif %}<{{ m['role'] }}>{{ m['content'] | tojson }}{{ eos_token }}"
+           "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    t = TemplateFormat(tpl, type("Tok", (), {"special_tokens": {"eos": "</s>"}})())
+    msgs = [{"role": "user", "content": "é"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    assert t.render(msgs, add_generation_prompt=True) == '<user>"é"</s><assistant>"b"</s><assistant>'  # loop controls
+    assert t.segments(msgs[:2]) == [('<user>"é"</s><assistant>', False), ('"b"</s>', True)]
+    with pytest.raises(DataError, match="chat template: no system role"):
+        t.render([{"role": "system", "content": "s"}])
+
+
 # --------------------------------------------------------------------------------------------------
 # PEFT's format, both directions
 # --------------------------------------------------------------------------------------------------

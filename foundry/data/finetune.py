@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from foundry.data.chat import CHAT_FORMATS, render_tokens
+from foundry.data.chat import CHAT_FORMATS, compile_template, render_tokens
 
 HH_TURN = "\n\nAssistant:"
 _HH_SPLIT = re.compile(r"\n\n(Human|Assistant): ?")
@@ -183,18 +183,18 @@ class TemplateFormat:
     by rendering each prefix of the conversation: the text an assistant turn adds is trained."""
 
     def __init__(self, template: str, tokenizer):
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-        env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(DataError(f"chat template: {msg}"))
-        self.t = env.from_string(template)
+        self.t = compile_template(template)  # as transformers' apply_chat_template compiles it
         st = getattr(tokenizer, "special_tokens", {})
         self.extra = {"bos_token": st.get("bos", ""), "eos_token": st.get("eos", "")}
 
     def render(self, messages, add_generation_prompt=False) -> str:
+        from jinja2.exceptions import TemplateError
+
         msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return self.t.render(messages=msgs, add_generation_prompt=add_generation_prompt, **self.extra)
+        try:
+            return self.t(messages=msgs, add_generation_prompt=add_generation_prompt, **self.extra)
+        except TemplateError as e:  # raise_exception() in the template, or a template that cannot render these
+            raise DataError(f"chat template: {e}") from None
 
     def segments(self, messages, add_generation_prompt=False) -> list[tuple[str, bool]]:
         out, prev = [], ""
