@@ -142,3 +142,41 @@ def test_default_targets_on_the_baselines_train_between_a_tenth_and_a_tenth_of_a
     lora.apply_lora(model, LoRAConfig(rank=16))
     k, n = lora.trainable_share(model)
     assert 0.1 <= 100 * k / n <= 10, lora.describe_trainable(model)
+
+
+def test_a_lora_rank_sweep_runs_end_to_end_with_paired_seeds_and_a_promotion_decision(tmp_path):
+    """`lora_rank` is a mutation type like any other: the sweep trains the LoRA baseline and each rank on the same
+    paired seeds from the same trained base, ranks them, confirms on fresh seeds and decides on promotion."""
+    import json
+
+    import yaml
+    from finetune_helpers import BASE, make_base_run, sft_records, write_jsonl
+
+    from foundry.cli.sweep import main
+    from foundry.config import load_experiment
+
+    base = make_base_run(tmp_path / "base")
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_records(24))
+    raw: dict = {"init_from": str(base), "out_dir": str(tmp_path / "runs" / "ft"), "lora": {"rank": 2, "alpha": 8},
+                 "data": {"path": str(data), "val_examples": 4}}
+    for key, value in {**BASE, "training.objective": "sft", "training.max_iters": 8, "training.eval_interval": 8,
+                       "training.learning_rate": 1e-2, "training.warmup_iters": 1}.items():
+        sect, name = key.split(".")
+        raw.setdefault(sect, {})[name] = value
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(raw))
+    out, exps = tmp_path / "sw", tmp_path / "experiments"
+    rc = main(["lora_rank", "4", "8", "--base", str(tmp_path / "ft.yaml"), "--seeds", "2", "--jobs", "1",
+               "--out", str(out), "--store", str(tmp_path / "s.sqlite"), "--experiments", str(exps), "--promote",
+               "--progress", "1000", "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["results"]) == {"baseline", "lora_r4", "lora_r8"}
+    for cand, rank in (("baseline", 2), ("lora_r4", 4), ("lora_r8", 8)):
+        r = res["results"][cand]
+        assert r["status"] == "done" and len(r["seeds"]) == 2, r.get("error")
+        trial = next((out / "trials" / cand).rglob("config.yaml"))
+        cfg = load_experiment(trial)
+        assert cfg.lora.rank == rank and cfg.init_from == str(base)          # adapters on the trained base
+    dec = res["decision"]
+    assert dec["winner"] in ("lora_r4", "lora_r8", None) and "promote" in dec
+    assert (exps / "champion.yaml").exists() == bool(dec["promote"])

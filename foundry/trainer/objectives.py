@@ -504,13 +504,15 @@ class SupervisedFinetuning(FinetuneObjective):
         return loss, {"aux_loss": info.get("aux_loss")}
 
     def evaluate(self, model, data: SFTData, device, ctx, info=None, per_item: bool = False) -> dict:
-        """Mean cross-entropy over the assistant tokens of the held-out examples (nats/token); per_item adds
-        each example's mean ("items": [{"id", "loss"}], for the eval harness's paired comparison)."""
+        """Mean cross-entropy over the assistant tokens of the held-out examples (nats/token), and the same as bits
+        per UTF-8 byte of those tokens (val_bpb, what a sweep ranks by, comparable across tokenizers); per_item
+        adds each example's mean ("items": [{"id", "loss"}], for the eval harness's paired comparison)."""
         from foundry.data.pack import attention_mask
 
         was = model.training
         model.eval()
-        nats, n = 0.0, 0
+        nats, n, n_bytes = 0.0, 0, 0.0
+        byte_len = torch.tensor(data.tokenizer.token_byte_lengths(), dtype=torch.float64)
         ex_nats = torch.zeros(data.val.n_examples, dtype=torch.float64)
         ex_n = torch.zeros(data.val.n_examples, dtype=torch.float64)
         B = self.cfg.training.batch_size
@@ -525,11 +527,12 @@ class SupervisedFinetuning(FinetuneObjective):
                 nats += float(tok_nll.sum())
                 n += int((y != -1).sum())
                 keep = (y.flatten() != -1).cpu()
+                n_bytes += float(byte_len[y.flatten().cpu()[keep]].sum())
                 ids = doc.flatten().cpu()[keep]
                 ex_nats.index_add_(0, ids, tok_nll.detach().cpu().double()[keep])
                 ex_n.index_add_(0, ids, torch.ones(len(ids), dtype=torch.float64))
         model.train(was)
-        out = {"val_loss": nats / max(n, 1), "val_tokens": n}
+        out = {"val_loss": nats / max(n, 1), "val_bpb": nats / math.log(2) / max(n_bytes, 1.0), "val_tokens": n}
         if per_item:
             out["items"] = [{"id": str(i), "loss": float(ex_nats[i] / ex_n[i])} for i in range(len(ex_n)) if ex_n[i] > 0]
         return out
