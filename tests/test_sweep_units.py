@@ -93,6 +93,47 @@ def test_detectable_gain_has_the_stated_power():
     assert detectable_gain(sd, n, margin, crit, 0.8, margin_df=4) > g  # a margin estimated on 4 df adds noise
 
 
+def test_reported_detectable_size_has_its_power_among_ten_mutants():
+    """10 mutants screened on 3 seeds, confirmed on 8: the planted mutant must first win the screening among 9
+    nulls and pass the gate, and the confirmation's power alone (the noncentral t) over-promises. An independent
+    simulation of the rule (paired gains sharing the baseline's runs, select, gate, confirm on fresh seeds) at
+    the size the report states must promote it with the stated power."""
+    K, S, C, sd, margin = 10, 3, 8, 1.0, 0.5
+    rule = D.Rule(min_effect=margin, screen_seeds=S, confirm_seeds=C, mutants=K)
+    nf = D.noise_floor(sd, 10 ** 9, rule, margin)  # the noise known (df huge): no upper-bound slack
+    confirm_only = detectable_gain(sd, C, margin, stats.t.isf(0.05, C - 1), 0.9)
+    assert nf["detectable_90"] > nf["detectable_80"] > margin and nf["detectable_90"] > confirm_only
+
+    def power(gain, N=6000, rng=np.random.default_rng(11)):
+        e = rng.normal(0, sd / math.sqrt(2), (N, K + 1, S))            # run noise; seed effects cancel
+        g = e[:, :1] - e[:, 1:]                                        # paired gains, planted = mutant 0
+        g[:, 0] += gain
+        mean = g.mean(-1)
+        won = (mean.argmax(1) == 0) & (mean[:, 0] > margin)
+        d = rng.normal(gain, sd, (N, C))                               # its gains on fresh seeds
+        t = (d.mean(1) - margin) / (d.std(1, ddof=1) / math.sqrt(C))
+        return float((won & (t > stats.t.isf(0.05, C - 1))).mean())
+
+    se = math.sqrt(0.9 * 0.1 / 6000)
+    assert abs(power(nf["detectable_90"]) - 0.9) < 3 * se
+    assert abs(power(nf["detectable_80"]) - 0.8) < 3 * math.sqrt(0.8 * 0.2 / 6000)
+    assert power(confirm_only) < 0.9 - 3 * se  # the confirmation-only size: what the report used to say
+
+
+def test_pooled_noise_counts_the_seeds_candidates_share():
+    # no shared part: every sample's df count; all shared: one sample's
+    assert D.shared_seed_df([4, 4, 4], 0.0) == 9 and D.shared_seed_df([4, 4, 4], 1.0) == pytest.approx(3)
+    # paired gains of K mutants share the baseline's run (correlation 1/2): 4 K (S - 1) / (K + 3)
+    tests = {f"m{j}": margin_test([0.1 * j, 0.3, -0.2, 0.5, 0.05 * j]) for j in range(10)}
+    assert D.paired_noise(tests)[1] == pytest.approx(4 * 10 * 4 / 13)
+    # the margin's: candidates on a seed share its initialisation and data order
+    rng = np.random.default_rng(2)
+    u = rng.normal(0, 1, 5)
+    samples = [{s: float(u[s] + rng.normal(0, 0.1)) for s in range(5)} for _ in range(7)]
+    m, df, src = D.margin_for(D.Rule(), samples)
+    assert 4 <= df < 4.5 and "effective df of 28" in src  # ~ S - 1, not (K + 1)(S - 1)
+
+
 # --------------------------------------------------------------------------------------------------
 # The promotion rule on synthetic sweeps
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +228,9 @@ def test_rule_and_correction_are_said_with_their_numbers():
     assert "O'Brien-Fleming" in text and "for any number of them" in rule.correction()
     assert D.margin_for(rule, [{0: 1.0, 1: 2.0}])[0] == 0.02
     m, df, src = D.margin_for(D.Rule(), [{0: 1.0, 1: 2.0}, {0: 3.0, 1: 3.0, 2: 6.0}])
-    assert m == pytest.approx(math.sqrt((0.5 + 6.0) / 3)) and df == 3 and "pooled" in src
+    share = 1 - 0.25 / m ** 2  # half the paired gains' variance (0.5) is run noise; the rest a shared seed effect
+    assert m == pytest.approx(math.sqrt((0.5 + 6.0) / 3)) and "pooled" in src
+    assert df == pytest.approx(D.shared_seed_df([2, 3], share)) and 1 < df < 3
 
 
 # --------------------------------------------------------------------------------------------------

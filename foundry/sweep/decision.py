@@ -38,8 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from foundry.sweep.stats import (crossed_test, detectable_gain, margin_test, pooled_sd, sequential_bounds,
-                                 tail_of)
+from foundry.sweep.stats import crossed_test, margin_test, pooled_sd, sequential_bounds, tail_of
 
 MIN_SCREEN = 2     # adaptive screening starts here: the fewest seeds that estimate a spread
 FIRST_LOOK = 3     # adaptive confirmation's first look (at 2 seeds, df = 1, the spending boundary is ~160)
@@ -53,6 +52,8 @@ class Rule:
     screen_seeds: int = 3
     confirm_seeds: int = 3
     adaptive: bool = False
+    mutants: int = 1                    # how many compete for the screening win (the noise floor's power)
+    keep: tuple[int, ...] = ()          # successive halving: the mutants kept at each rung
 
     def looks(self) -> tuple[int, ...]:
         """Confirmation seed counts at which the test is done."""
@@ -93,18 +94,36 @@ def paired_gains(base: dict[int, float], cand: dict[int, float], higher_is_bette
     return [sign * (cand[i] - base[i]) for i in common]
 
 
-def margin_for(rule: Rule, screen_samples: list[dict[int, float]]) -> tuple[float, int, str]:
-    """The smallest gain worth promoting, its degrees of freedom (0: set, not estimated) and its source.
-    Default: the unpaired seed-to-seed SD (what a rerun with another seed shows), pooled over the screening
-    seeds of the baseline (first) and every mutant: one baseline's 2-5 seeds alone estimate it so loosely that
-    the margin's own noise would dominate the confirmation test."""
+def margin_for(rule: Rule, screen_samples: list[dict[int, float]]) -> tuple[float, float, str]:
+    """The smallest gain worth promoting, its effective degrees of freedom (0: set, not estimated) and its
+    source. Default: the unpaired seed-to-seed SD (what a rerun with another seed shows), pooled over the
+    screening seeds of the baseline (first) and every mutant: one baseline's 2-5 seeds alone estimate it so
+    loosely that the margin's own noise would dominate the confirmation test. Candidates on the same seed share
+    its initialisation and data order, so the pooled estimate is far less certain than its (K + 1)(S - 1) df
+    suggest; its effective df come from shared_seed_df."""
     if rule.min_effect is not None:
         return float(rule.min_effect), 0, f"--min-effect {rule.min_effect:g}"
     sd, df = pooled_sd([list(s.values()) for s in screen_samples])
     if not df:
         return math.nan, 0, "no candidate ran on 2 or more screening seeds"
-    return sd, df, (f"the seed-to-seed SD, pooled over the screening seeds of the baseline and the mutants "
-                    f"({sd:.4g}, {df} df)")
+    base = screen_samples[0]
+    run_sd, _ = pooled_sd([paired_gains(base, s, True) for s in screen_samples[1:]])
+    share = max(0.0, 1 - (run_sd ** 2 / 2) / sd ** 2) if math.isfinite(run_sd) and sd > 0 else 1.0
+    eff = shared_seed_df([len(s) for s in screen_samples], share)
+    return sd, eff, (f"the seed-to-seed SD, pooled over the screening seeds of the baseline and the mutants "
+                     f"({sd:.4g}, {eff:.3g} effective df of {df})")
+
+
+def shared_seed_df(counts: list[int], share: float) -> float:
+    """Effective degrees of freedom (Satterthwaite 1946) of a variance pooled over samples j with counts[j]
+    values on the seed indices 0..counts[j]-1, when a fraction `share` of each value's variance is a seed effect
+    common to every sample on that seed: the samples' sums of squares are then correlated, with
+    Cov(SS_j, SS_k) ~ 2 share^2 var^2 (min(n_j, n_k) - 1). share 0: sum (n_j - 1); share 1: max n_j - 1."""
+    dfs = [n - 1 for n in counts if n >= 2]
+    if not dfs:
+        return 0.0
+    cross = sum(min(a, b) for i, a in enumerate(dfs) for j, b in enumerate(dfs) if i != j)
+    return float(sum(dfs) ** 2 / (sum(dfs) + share ** 2 * cross))
 
 
 def screen(base: dict[int, float], mutants: dict[str, dict[int, float]], higher_is_better: bool) -> dict:
@@ -172,26 +191,32 @@ def confirm_step(rule: Rule, margin: float, gains: list[float] | np.ndarray, loo
     return "more", test
 
 
-def paired_noise(screen_tests: dict[str, dict]) -> tuple[float, int]:
-    """The paired seed-to-seed SD of the gain, pooled over every mutant's screening seeds, and its df."""
-    return pooled_sd([t["diffs"] for t in screen_tests.values()])
+def paired_noise(screen_tests: dict[str, dict]) -> tuple[float, float]:
+    """The paired seed-to-seed SD of the gain, pooled over every mutant's screening seeds, and its effective df:
+    every mutant's gains share the baseline's runs (correlation 1/2 with equal run noise: half of each paired
+    difference's variance is the baseline's), see shared_seed_df."""
+    sd, _ = pooled_sd([t["diffs"] for t in screen_tests.values()])
+    return sd, shared_seed_df([len(t["diffs"]) for t in screen_tests.values()], 0.5)
 
 
-def noise_floor(sd: float, df: int, rule: Rule, margin: float, margin_df: int = 0, upper: float = 0.8) -> dict:
+def noise_floor(sd: float, df: float, rule: Rule, margin: float, margin_df: float = 0, upper: float = 0.8) -> dict:
     """The paired seed-to-seed SD `sd` (on `df` degrees of freedom, see paired_noise) and the smallest gain the
-    confirmation could detect with its seeds at 80% and 90% power. Both noise figures enter at their `upper`
-    one-sided confidence bound (sd * sqrt(df / chi2_{1-upper, df})): from 2-5 seeds a plug-in SD is low as often
-    as high, and a report that over-promised its power would invite reading a miss as no effect."""
-    n = rule.confirm_seeds
-    crit = rule.bounds()[-1]
+    sweep could detect at 80% and 90% power: the gain of one mutant among rule.mutants (the others no better
+    than the baseline) that the whole rule - surviving halving, winning the screening, passing the gate and the
+    confirmation on fresh seeds - promotes with that probability (foundry.sweep.power). Both noise figures enter
+    at their `upper` one-sided confidence bound (sd * sqrt(df / chi2_{1-upper, df})): from 2-5 seeds a plug-in
+    SD is low as often as high, and a report that over-promised its power would invite reading a miss as no
+    effect."""
+    from foundry.sweep.power import detectable
     sd_up = _upper_sd(sd, df, upper)
     m_up = _upper_sd(margin, margin_df, upper) if margin_df else margin
-    return {"paired_sd": sd, "paired_sd_df": df, "confirm_seeds": n, "upper_bound": upper,
-            "detectable_80": detectable_gain(sd_up, n, m_up, crit, 0.8, margin_df),
-            "detectable_90": detectable_gain(sd_up, n, m_up, crit, 0.9, margin_df)}
+    size = detectable(rule, m_up / sd_up if sd_up > 0 else math.nan, margin_df, (0.8, 0.9))
+    return {"paired_sd": sd, "paired_sd_df": df, "confirm_seeds": rule.confirm_seeds, "mutants": rule.mutants,
+            "halving_keep": list(rule.keep), "upper_bound": upper,
+            "detectable_80": size[0.8] * sd_up, "detectable_90": size[0.9] * sd_up}
 
 
-def _upper_sd(sd: float, df: int, level: float) -> float:
+def _upper_sd(sd: float, df: float, level: float) -> float:
     if not df or not math.isfinite(sd):
         return math.nan
     return sd * math.sqrt(df / sps.chi2.ppf(1 - level, df))

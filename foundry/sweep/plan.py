@@ -13,6 +13,7 @@ Nothing here runs a trial; only `seconds` budgets time a short probe (resolve_it
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -92,8 +93,13 @@ class SweepOptions:
 
     def rule(self):
         from foundry.sweep.decision import Rule
+        mutants = self.trials if self.search == "tpe" else len(self.variants)
+        keep = []
+        for _ in range(self.rungs - 1 if self.halving else 0):  # as the runner keeps: ceil(alive / eta)
+            keep.append(max(1, math.ceil((keep[-1] if keep else mutants) / self.eta)))
         return Rule(alpha=self.alpha, min_effect=self.min_effect, screen_seeds=self.seeds,
-                    confirm_seeds=self.confirm_seeds or max(2, self.seeds), adaptive=self.adaptive)
+                    confirm_seeds=self.confirm_seeds or max(2, self.seeds), adaptive=self.adaptive,
+                    mutants=mutants, keep=tuple(keep))
 
 
 @dataclass

@@ -91,9 +91,13 @@ def _decision(dec: dict, promoted: str | None) -> list[str]:
         lines += [f"Promoted: the champion is now `{promoted}`; mutations start from it.", ""]
     lines += ["### Noise floor and power", "", "| quantity | value |", "|---|---|",
               f"| paired seed-to-seed SD of the gain (pooled over the mutants' screening seeds) | "
-              f"{_f(nf['paired_sd'])} ({nf['paired_sd_df']} df) |",
+              f"{_f(nf['paired_sd'])} ({nf['paired_sd_df']:.3g} effective df) |",
               f"| detectable gain at 80% power with {nf['confirm_seeds']} confirmation seeds | {_f(nf['detectable_80'])} |",
-              f"| detectable gain at 90% power | {_f(nf['detectable_90'])} |", ""]
+              f"| detectable gain at 90% power | {_f(nf['detectable_90'])} |", "",
+              f"Detectable: the gain of one mutant among {nf.get('mutants', '?')} (the others no better than the "
+              f"baseline) that the whole rule promotes with that probability - it must survive halving, win the "
+              f"screening, pass the gate and the confirmation on fresh seeds - with the paired SD and the margin at "
+              f"their {nf.get('upper_bound', 0.8):.0%} upper confidence bounds (foundry/sweep/power.py).", ""]
     t = dec.get("test")
     if t and t.get("n"):
         lines += [f"### Confirmation of {dec['winner']} on fresh seeds", "", "| statistic | value |", "|---|---|"]

@@ -3,7 +3,8 @@
     margin_test(diffs, margin, alpha)          one-sided paired t-test of H0: gain <= margin (per-seed gains)
     crossed_test(D, margin, alpha)             the same for a capability score, D[seed, item] paired both ways
     pooled_sd(groups)                          pooled standard deviation of several samples, with its df
-    detectable_gain(sd, n, margin, crit)       smallest true gain promoted with 80% power (noncentral t)
+    detectable_gain(sd, n, margin, crit)       the gain the confirmation test alone passes with 80% power
+                                               (noncentral t; the whole rule's: foundry.sweep.power)
     sequential_bounds(looks, alpha)            group-sequential t boundaries, Lan-DeMets alpha spending
     paired_test(base, cand, higher_is_better)  margin_test of the per-seed gains against 0 (foundry.cli.compare)
 
