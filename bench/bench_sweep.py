@@ -32,17 +32,86 @@ out_dir: runs/tiny
 """
 
 
-def sweep(out: Path, args: list[str]) -> tuple[float, dict]:
+CODE: list[Path] = []  # --code DIR: run the sweeps from another checkout (before/after comparisons)
+
+
+def sweep(out: Path, args: list[str], code: Path | None = None) -> tuple[float, dict]:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    out = out.resolve()
     cmd = [sys.executable, "-m", "foundry.cli.sweep", *args, "--out", str(out / "sweep"),
            "--store", str(out / "store.sqlite"), "--experiments", str(out / "experiments"), "--quiet"]
+    code = code or (CODE[0] if CODE else None)
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=code,
+                       env={**os.environ, "PYTHONPATH": str(code.resolve())} if code else None)
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}")
     return wall, json.loads((out / "sweep" / "results.json").read_text())
+
+
+def step_seconds(metrics: Path) -> tuple[float, int]:
+    """(seconds of training steps, times train() started) of one trial directory's metrics.jsonl: the logged
+    windows' ms/iteration times their length, each iteration counted once (a continued run re-logs some)."""
+    windows, starts = {}, 0
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        starts += r.get("event") == "start"
+        if "ms_per_iter" in r:
+            windows[int(r["iter"])] = r["ms_per_iter"]
+    its = sorted(windows)
+    return sum(windows[i] * (i - prev) for prev, i in zip([0] + its, its)) / 1000, starts
+
+
+def overhead(out: Path, wall: float, jobs: int, ladder: list[int]) -> dict:
+    """Fixed cost per trial of a finished sweep in `out`: the jobs' wall time not spent in training steps
+    (process and worker start, imports, data, model build, evaluation, checkpoints, the store, the report,
+    idle workers), per trial execution (a halving trial counts once per rung it ran: `ladder`, the rungs'
+    iterations); and inside the workers alone (each trial's recorded wall time minus its steps)."""
+    import sqlite3
+
+    db = sqlite3.connect(out / "store.sqlite")
+    steps = execs = in_worker = 0.0
+    rows = db.execute("SELECT wall_seconds, artifacts, metrics, seed, status FROM runs WHERE status != 'failed'")
+    rows = rows.fetchall()
+    halved = {seed for *_, seed, status in rows if status == "pruned"} or {seed for *_, seed, _ in rows}
+    for wall_s, art, metrics, seed, _ in rows:
+        m = Path(json.loads(art)["metrics"])
+        if m.is_file():
+            s, _ = step_seconds(m)  # a confirmation seed (never halved) runs once, to the full budget
+            n = sum(r <= json.loads(metrics).get("iters", 0) for r in ladder) if seed in halved else 1
+            steps, execs, in_worker = steps + s, execs + n, in_worker + (wall_s or 0.0) - s
+    db.close()
+    return {"trial_runs": int(execs), "step_seconds": round(steps, 2),
+            "overhead_per_trial_s": round((wall * jobs - steps) / max(execs, 1), 3),
+            "in_worker_overhead_per_trial_s": round(in_worker / max(execs, 1), 3)}
+
+
+def before_after(root: Path, repeats: int, before: Path) -> dict:
+    """The --jobs 2 sweep and the halving sweep, from the checkout `before` and from this one, alternating:
+    wall time of each whole sweep and its fixed cost per trial."""
+    root = root.resolve()
+    base_j = base_file(root, width=64, block=64, iters=300, eval_interval=300)
+    base_h = base_file(root, width=32, block=32, iters=270, eval_interval=30)
+    kinds = {"jobs": ["seed", "1000", "2000", "3000", "--base", str(base_j), "--seeds", "1", "--jobs", "2"],
+             "halving": ["lr", "x0.01", "x0.03", "x0.1", "x0.3", "x3", "x10", "--base", str(base_h), "--seeds", "2",
+                         "--jobs", "2", "--halving", "--eta", "3", "--rungs", "3"]}
+    ladders = {"jobs": [300], "halving": [30, 90, 270]}
+    res: dict = {k: {"before": [], "after": []} for k in kinds}
+    for r in range(repeats):
+        for kind, args in kinds.items():
+            for side, code in (("before", before), ("after", Path(__file__).resolve().parents[1]))[::1 - 2 * (r % 2)]:
+                d = root / f"ba_{kind}_{side}"
+                w, out = sweep(d, args, code)
+                row = {"wall": round(w, 2), "winner": out["ranking"][0], **overhead(d, w, 2, ladders[kind]),
+                       "load": os.getloadavg()[0]}
+                res[kind][side].append(row)
+                print(f"  {kind} repeat {r + 1} {side}: {json.dumps(row)}", flush=True)
+    for kind in kinds:
+        b, a = res[kind]["before"], res[kind]["after"]
+        res[kind]["wall_ratio_before_over_after"] = [round(x["wall"] / y["wall"], 3) for x, y in zip(b, a)]
+    return res
 
 
 def base_file(out: Path, **kw) -> Path:
@@ -100,14 +169,21 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/bench_sweep")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--only", default="planted,jobs,halving")
+    p.add_argument("--only", default="planted,jobs,halving",
+                   help="comma-separated parts: planted, jobs, halving, before_after (needs --before)")
+    p.add_argument("--before", type=Path, help="before_after: a checkout of the code to compare against")
+    p.add_argument("--code", type=Path, help="run the sweeps from this checkout instead of this one")
     args = p.parse_args()
     root = Path(args.out)
+    if args.code:
+        CODE.append(args.code)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                "load_before": os.getloadavg()}
     for part in args.only.split(","):
         print(f"== {part}", flush=True)
-        results[part] = {"planted": planted, "halving": halving}.get(part, lambda r: jobs(r, args.repeats))(root)
+        results[part] = {"planted": planted, "halving": halving,
+                         "before_after": lambda r: before_after(r, args.repeats, args.before)}.get(
+            part, lambda r: jobs(r, args.repeats))(root)
         print(json.dumps(results[part], indent=2), flush=True)
         results["load_after"] = os.getloadavg()
         (root / "bench_sweep.json").write_text(json.dumps(results, indent=2))  # after each part

@@ -49,4 +49,41 @@ def build_optimizer(model: nn.Module, cfg: TrainingConfig, device_type: str) -> 
     extra = {"foreach": True}
     if device_type in ("cuda", "cpu") and "fused" in inspect.signature(torch.optim.AdamW).parameters:
         extra = {"fused": True}
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+    cls = torch.optim.AdamW if cfg.compile or not _EAGER_OK else EagerAdamW
+    return cls(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+# torch.optim wraps Optimizer.step / zero_grad / state_dict / load_state_dict / add_param_group in
+# torch._disable_dynamo and torch._use_grad_for_differentiable, which import torch._dynamo on first use: 1.2 s of
+# CPU (one thread) in every process that builds an optimiser (each `python -m foundry.train`, each sweep
+# worker), though an eager run never compiles. EagerAdamW calls the same undecorated methods (functools.wraps
+# keeps them as __wrapped__), so its arithmetic and state dicts are torch's AdamW's exactly; runs with
+# training.compile use torch's class.
+_WRAPPED = {name: getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+            for name in ("zero_grad", "state_dict", "load_state_dict", "add_param_group")}
+_WRAPPED["step"] = getattr(torch.optim.Adam.step, "__wrapped__", None)
+_EAGER_OK = all(_WRAPPED.values())
+
+
+class EagerAdamW(torch.optim.AdamW):
+    """torch's AdamW without the lazy torch._dynamo import (see above); only for eager (uncompiled) training."""
+
+    def step(self, closure=None):
+        prev = torch.is_grad_enabled()
+        torch.set_grad_enabled(self.defaults["differentiable"])  # as torch's _use_grad wrapper does
+        try:
+            return _WRAPPED["step"](self, closure)
+        finally:
+            torch.set_grad_enabled(prev)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _WRAPPED["zero_grad"](self, set_to_none)
+
+    def state_dict(self):
+        return _WRAPPED["state_dict"](self)
+
+    def load_state_dict(self, state_dict) -> None:
+        _WRAPPED["load_state_dict"](self, state_dict)
+
+    def add_param_group(self, param_group) -> None:
+        _WRAPPED["add_param_group"](self, param_group)

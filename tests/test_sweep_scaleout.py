@@ -48,3 +48,35 @@ def test_ray_local_instance(tmp_path):
                                  budget="tokens=5120", quiet=True))
     assert all(r["status"] == "done" for r in res["results"].values())
     assert json.loads((out / "results.json").read_text())["ranking"]
+
+
+def test_a_trial_gives_the_same_numbers_in_any_worker_and_order(tmp_path):
+    """Workers live for the whole sweep and keep their data between trials: a trial run second in a worker
+    (after another trial, its data then from the worker's cache) gives exactly the numbers it gives as the
+    first trial of a fresh worker process."""
+    import yaml
+
+    from foundry.config import load_experiment
+    from foundry.sweep.executors import LocalExecutor
+
+    base = load_experiment(tiny_base(tmp_path))
+
+    def spec(name: str, seed: int, lr: float) -> dict:
+        cfg = base.replace({"out_dir": str(tmp_path / name), "training.seed": seed, "training.learning_rate": lr})
+        return {"id": name, "store": str(tmp_path / "s.sqlite"), "config": cfg.to_yaml(), "threads": 1}
+
+    def run(specs: list[dict]) -> dict:
+        ex = LocalExecutor(1)
+        try:
+            results = [ex.submit(s).result() for s in specs]  # one worker: in this order
+            return {r["id"]: r["metrics"] for r in results if r["status"] == "done"}
+        finally:
+            ex.shutdown()
+
+    warm = run([spec("other", 5, 3e-3), spec("a_after", 11, 1e-3)])
+    fresh = run([spec("a_fresh", 11, 1e-3)])
+    assert set(warm) == {"other", "a_after"} and set(fresh) == {"a_fresh"}
+    a, b = warm["a_after"], fresh["a_fresh"]
+    assert (a["val_loss"], a["best_val_loss"], a["evals"]) == (b["val_loss"], b["best_val_loss"], b["evals"])
+    assert warm["other"]["val_loss"] != a["val_loss"]
+    assert yaml.safe_load(spec("x", 1, 1e-3)["config"])["training"]["seed"] == 1  # the override took

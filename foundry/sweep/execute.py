@@ -55,6 +55,12 @@ class TrialRunner:
             self._executor = None
             raise
 
+    def prestart(self) -> None:
+        """Start the executor's workers ahead of the first trial, where it can (the local pool)."""
+        ex = self._pool()
+        if hasattr(ex, "prestart"):
+            ex.prestart()
+
     def _pool(self):
         from foundry.sweep.executors import make_executor
         if self._executor is None:  # one pool for the whole sweep: workers import torch once
@@ -86,7 +92,7 @@ class TrialRunner:
                 last_print, last_done = now, n_done
             if not handles:
                 return
-            time.sleep(0.5)
+            _wait_any(list(handles.values()), 0.5)
 
     def _reap(self, tid: str, handle, spec: TrialSpec) -> None:
         try:
@@ -100,10 +106,22 @@ class TrialRunner:
         if res["status"] == "failed":
             self.say(f"trial {tid} failed: {res['error']} (recorded; the sweep goes on)")
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self._executor is not None:
-            self._executor.shutdown()
+            self._executor.shutdown(wait=wait)
             self._executor = None
+
+
+def _wait_any(handles: list, timeout: float) -> None:
+    """Until one handle is done or `timeout` s pass: the local pool's futures wake the loop the moment a
+    trial ends (a halving rung or a confirmation look starts its next trials at once); other executors'
+    handles are polled."""
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    if handles and all(isinstance(h, Future) for h in handles):
+        wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+    else:
+        time.sleep(timeout)
 
 
 def progress_table(store, specs: list[TrialSpec]) -> str:

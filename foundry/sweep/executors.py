@@ -36,6 +36,12 @@ class LocalExecutor:
         return ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"),
                                    initializer=init_worker)
 
+    def prestart(self) -> None:
+        """Start the workers now (one no-op task each), so their start and imports overlap the sweep's own
+        planning instead of following it."""
+        for _ in range(self.jobs):
+            self._pool.submit(os.getpid)
+
     def submit(self, spec: dict):
         try:
             return self._pool.submit(run_trial, spec)

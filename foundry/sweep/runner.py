@@ -52,9 +52,17 @@ class Sweep:
                              f"another --out") from None
         self.sweep_id = f"{self.out.name}-{hashlib.sha1(str(self.out.resolve()).encode()).hexdigest()[:8]}"
         self.store = Store(opts.store)  # default: $FOUNDRY_STORE or runs/foundry.sqlite
-        self.code = code_version()
-        self.state = self._load_state()
         self.trials = TrialRunner(self.store, opts, self.threads, self.out, self.say)
+        if opts.executor == "local":
+            self.trials.prestart()  # the workers import torch while this process plans the sweep
+        try:
+            self.code = code_version()
+            self.state = self._load_state()
+        except BaseException:  # a refused sweep: stop the workers just started, release the lock
+            self.trials.close(wait=False)
+            self.store.close()
+            self._lock.close()
+            raise
 
     # ---- state: identity, base, resolved iterations ----------------------------------------------
     def _load_state(self) -> dict:
