@@ -31,6 +31,7 @@ class LocalExecutor:
     def __init__(self, jobs: int):
         self.jobs = jobs
         self._pool = self._new_pool()
+        self._futures: list = []
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"),
@@ -40,18 +41,23 @@ class LocalExecutor:
         """Start the workers now (one no-op task each), so their start and imports overlap the sweep's own
         planning instead of following it."""
         for _ in range(self.jobs):
-            self._pool.submit(os.getpid)
+            self._futures.append(self._pool.submit(os.getpid))
 
     def submit(self, spec: dict):
         try:
-            return self._pool.submit(run_trial, spec)
+            f = self._pool.submit(run_trial, spec)
         except BrokenProcessPool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
-            return self._pool.submit(run_trial, spec)
+            f = self._pool.submit(run_trial, spec)
+        self._futures = [x for x in self._futures if not x.done()] + [f]
+        return f
 
     def shutdown(self, wait: bool = True) -> None:
-        if not wait:  # Ctrl-C: do not leave workers training after the sweep has gone
+        # Ctrl-C: do not leave workers training after the sweep has gone. At the end of a sweep (every trial
+        # returned: each worker is idle, its store closed) a worker is ended the same way rather than asked to
+        # exit: its interpreter's orderly exit took ~0.4 s of the sweep's wall time.
+        if not wait or all(f.done() for f in self._futures):
             for p in list((getattr(self._pool, "_processes", None) or {}).values()):
                 if p.is_alive():
                     p.kill()
