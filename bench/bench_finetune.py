@@ -7,7 +7,9 @@
 
 `quality` scores the held-out items with the starting model and with the trained adapters (the same objective,
 data and reference) and compares them item by item with the eval harness's paired tests
-(foundry.eval.stats.compare_items: McNemar on the pairs, a paired bootstrap on the mean). `speed` and `dpo-ref`
+(foundry.eval.stats.compare_items: McNemar on the pairs, a paired bootstrap on the mean); for DPO three ways
+(`preference_report`: the preference accuracy, the same length-normalised, the per-pair margin change), with
+`--eval-at` steps scored on the way too. `speed` and `dpo-ref`
 alternate fresh processes (A B A B ...), each building the run through the training core and timing
 `train_step` after warm-up steps; peak memory is the process's maximum resident set (getrusage), so the
 weights, the optimiser state and the activations all count.
@@ -84,7 +86,8 @@ def quality(args) -> dict:
         torch.set_num_threads(args.threads)
     tmp = Path(args.out or tempfile.mkdtemp(prefix="bench_ft_"))
     tmp.mkdir(parents=True, exist_ok=True)
-    cfg = experiment(args.kind, args.base, args.steps, tmp, **dict(kv.split("=", 1) for kv in args.set))
+    over = {k: json.loads(v) if v.startswith("[") else v for k, v in (kv.split("=", 1) for kv in args.set)}
+    cfg = experiment(args.kind, args.base, args.steps, tmp, **over)
     t0 = time.perf_counter()
     run = build_run(cfg, "cpu")
     TrainState.start(run)
@@ -102,17 +105,69 @@ def quality(args) -> dict:
         row = {"iter": it + 1, "loss": float(step.loss), **{k: float(v) for k, v in step.parts.items()}}
         log.append(row)
         print(json.dumps(row), flush=True)
+        if it + 1 in args.eval_at and args.kind == "dpo":  # the trend on the way (the decisive figure is the end's)
+            mid = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
+            rep = {"step": it + 1, "after": {k: v for k, v in mid.items() if k != "items"},
+                   "paired_after_vs_before": preference_report(before["items"], mid["items"])}
+            (tmp / f"quality_{args.kind}_step{it + 1}.json").write_text(json.dumps(rep, indent=2, default=str))
+            print(json.dumps(rep, default=str), flush=True)
+            run.model.train()
     after = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
     print("after:", {k: v for k, v in after.items() if k != "items"}, flush=True)
-    key = "correct" if args.kind == "dpo" else "loss"
-    cmp = compare_items(after["items"], before["items"], key=key)
+    if args.kind == "dpo":
+        cmp = preference_report(before["items"], after["items"])
+    else:
+        cmp = compare_items(after["items"], before["items"], key="loss")
     res = {"kind": args.kind, "base": args.base, "steps": args.steps, "config": run.cfg.to_dict(),
+           "train_examples_seen": args.steps * run.cfg.training.batch_size, "train_examples": len(run.data.train),
            "before": {k: v for k, v in before.items() if k != "items"},
            "after": {k: v for k, v in after.items() if k != "items"}, "paired_after_vs_before": cmp,
-           "split": getattr(run.data, "split", None), "train_log": log, "wall_s": time.perf_counter() - t0}
+           "split": getattr(run.data, "split", None), "train_log": log, "wall_s": time.perf_counter() - t0,
+           "items": {"before": before["items"], "after": after["items"]}}
     (tmp / f"quality_{args.kind}.json").write_text(json.dumps(res, indent=2, default=str))
-    print(json.dumps({k: res[k] for k in ("before", "after", "paired_after_vs_before", "wall_s")}, indent=2,
-                     default=str))
+    print(json.dumps({k: res[k] for k in ("split", "train_examples_seen", "before", "after", "paired_after_vs_before",
+                                          "wall_s")}, indent=2, default=str))
+    return res
+
+
+def preference_report(before: list[dict], after: list[dict]) -> dict:
+    """Held-out preference quality after vs before training, pair by pair (the same pairs, ids = record lines):
+      preference_accuracy     log p(chosen) > log p(rejected) (sums over the answer's tokens; a tie counts 1/2):
+                              the issue's "preference accuracy"; McNemar on the flips, paired bootstrap of the mean
+      length_normalised       the same with per-token mean log-probs (HH answers differ in length, and a sum
+                              favours the shorter answer whatever its content)
+      margin_change           d = m_after - m_before per pair, m = log p(chosen) - log p(rejected): its mean with a
+                              paired-bootstrap 95% CI (and Student's t), and the share of pairs with d > 0 (the
+                              implicit-reward accuracy, the reference being the starting model) against 0.5
+    The first asks whether the model now ranks more held-out pairs right; the last whether it moved towards
+    the chosen answers at all, even where the ranking did not flip."""
+    from scipy import stats
+
+    from foundry.eval.stats import compare_items, paired_bootstrap, wilson_interval
+
+    def scored(rows, norm):
+        out = []
+        for r in rows:
+            c, j = r["logp_chosen"], r["logp_rejected"]
+            if norm:
+                c, j = c / r["tokens_chosen"], j / r["tokens_rejected"]
+            out.append({"id": r["id"], "correct": 1.0 if c > j else 0.5 if c == j else 0.0, "m": c - j})
+        return out
+
+    res = {}
+    for name, norm in (("preference_accuracy", False), ("length_normalised", True)):
+        a, b = scored(after, norm), scored(before, norm)
+        res[name] = compare_items(a, b, key="correct")
+        if name == "preference_accuracy":
+            by_b = {r["id"]: r["m"] for r in b}
+            m_after, m_before = [r["m"] for r in a], [by_b[r["id"]] for r in a]
+    d = [x - y for x, y in zip(m_after, m_before)]
+    k, n = sum(x > 0 for x in d), len(d)
+    t = stats.ttest_1samp(d, 0.0)
+    res["margin_change"] = {"n": n, "bootstrap": paired_bootstrap(m_after, m_before),
+                            "t_ci95": tuple(t.confidence_interval(0.95)), "t_p_value": t.pvalue,
+                            "share_up": k / n, "share_up_wilson95": wilson_interval(k, n),
+                            "share_up_binom_p": stats.binomtest(k, n, 0.5).pvalue}
     return res
 
 
@@ -186,6 +241,8 @@ def main(argv=None) -> int:
         if name == "quality":
             s.add_argument("kind", choices=("dpo", "sft"))
             s.add_argument("--out", default=None, help="where the run and quality_<kind>.json go (default: a temp dir)")
+            s.add_argument("--eval-at", type=lambda v: {int(x) for x in v.split(",")}, default=set(),
+                           help="dpo: also score the held-out pairs after these steps, e.g. 100,200")
         if name != "_measure":
             s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="experiment override")
         if name == "_measure":
