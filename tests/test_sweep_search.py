@@ -33,6 +33,32 @@ def test_tpe_search_trains_trials_in_range_and_resumes(tmp_path):
     assert again["decision"]["winner"] == res["decision"]["winner"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="optuna not installed (pip install "
+                                                                       "'foundry[search]')")
+def test_tpe_with_halving_scores_trials_at_the_first_rung_and_trains_the_best_in_full(tmp_path):
+    from foundry.sweep.search import SPACES, startup_values
+    opts = dict(type="lr", variants=["x3", "x30"], base=str(tiny_base(tmp_path)), seeds=2, jobs=2,
+                out=str(tmp_path / "sw"), store=str(tmp_path / "s.sqlite"), search="tpe", trials=3, halving=True,
+                eta=3, budget="tokens=5120", quiet=True)
+    res = run_sweep(SweepOptions(**opts))
+    state = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    values = [e["value"] for e in state["search"]]
+    # the start is an even cover of the log range (quantiles 1/4, 3/4 of 3e-4 x3 .. x30), then TPE
+    assert values[:2] == pytest.approx(startup_values(SPACES["lr"], 9e-4, 9e-3, 2)) and len(values) == 3
+    trials = [e["label"] for e in state["search"]]
+    status = {k: res["results"][k]["status"] for k in trials}
+    full = [k for k in trials if status[k] == "done"]
+    assert len(full) == 1 and sorted(status.values()) == ["done", "pruned", "pruned"]  # ceil(3 / eta) in full
+    assert res["decision"]["winner"] == full[0]
+    # compute per seed: 3 trials to the rung (7 of 20 iterations), one of them on to 20, the baseline in full
+    tokens = 2 * (3 * 7 + 13 + 20) * 256 + (4 * 20 * 256 if res["decision"]["test"] else 0)
+    assert res["compute"]["tokens"] == tokens
+    rows = {r["id"]: r["updated"] for r in _rows(tmp_path / "s.sqlite")}
+    again = run_sweep(SweepOptions(**opts))  # resumed: the recorded trials are replayed, nothing retrains
+    assert {r["id"]: r["updated"] for r in _rows(tmp_path / "s.sqlite")} == rows
+    assert again["decision"]["winner"] == res["decision"]["winner"]
+
+
 def _rows(db):
     from foundry.store import Store
     s = Store(db)

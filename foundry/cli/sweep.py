@@ -8,6 +8,7 @@ shows a gain larger than the margin (default: the seed-to-seed SD a rerun shows)
     python -m foundry.cli.sweep depth 2 6 8 --halving --eta 3      # prune hopeless mutants early
     python -m foundry.cli.sweep lr x0.5 x2 x4 --seeds 5 --adaptive  # add seeds only where undecided
     python -m foundry.cli.sweep lr x0.3 x30 --search tpe --trials 8 # Optuna TPE over the range LOW HIGH
+    python -m foundry.cli.sweep lr x0.3 x30 --search tpe --trials 8 --halving --eta 4  # scored at budget/4
 
 The promotion rule (printed and stored with every decision): the mutant with the largest mean paired gain on
 the screening seeds is the only one tested; it and the baseline train on --confirm-seeds fresh seeds and a
@@ -82,7 +83,10 @@ def _decision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", default="grid", choices=("grid", "tpe"),
                    help="grid: the variants as given (default); tpe: Optuna's TPE over the numeric range given "
                         "as two variants LOW HIGH (lr, warmup, weight_decay, batch_size, ...)")
-    p.add_argument("--trials", type=int, default=8, metavar="N", help="--search tpe: trials (default 8)")
+    p.add_argument("--trials", type=int, default=8, metavar="N",
+                   help="--search tpe: trials (default 8); the first third are an even cover of the range. With "
+                        "--halving each trial is scored at the first rung and only the best 1/eta train to the "
+                        "full budget (8 trials at --eta 4 cost 3.5 full trials)")
     p.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),
                    help="where trials run: local process pool (default), Ray ($RAY_ADDRESS or a local "
                         "instance), or submitit (Slurm, or its local executor with --cluster local)")

@@ -87,9 +87,9 @@ class SweepOptions:
             raise SweepError(f"--min-effect {self.min_effect}: must be >= 0 (a gain in the ranking metric)")
         if self.search not in ("grid", "tpe"):
             raise SweepError(f"--search {self.search!r}: choose grid or tpe")
-        if self.search == "tpe" and (len(self.variants) != 2 or self.trials < 2 or self.halving):
+        if self.search == "tpe" and (len(self.variants) != 2 or self.trials < 2):
             raise SweepError("--search tpe takes the range as two variants, LOW HIGH (e.g. lr x0.1 x10), "
-                             "--trials >= 2, and no --halving")
+                             "and --trials >= 2")
 
     def rule(self):
         from foundry.sweep.decision import Rule
