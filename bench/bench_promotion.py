@@ -43,9 +43,10 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from foundry.sweep import decision as D  # noqa: E402
-from foundry.sweep.stats import crossed_test, detectable_gain, sequential_bounds  # noqa: E402
+from foundry.sweep.stats import crossed_test  # noqa: E402
 
 SD_SEED, SD_RUN, SD_RUNG, ALPHA = 1.0, 0.3, 0.5, 0.05
+DETECT_SWEEPS = 30   # null sweeps per setting whose reported detectable sizes give the planted gain (median)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,20 +154,27 @@ def rule_new(rng, N, K, S, gains, halving, adaptive=False, min_effect=None, dete
         hit = live & (t > c)
         promoted |= hit
         stopped |= hit | (live & (m <= margin) & (k < len(looks) - 1))
-    pooled = np.sqrt((((g - mean_fill(g, n)[..., None]) ** 2) * (np.arange(S) < n[..., None])).sum((1, 2))
-                     / np.maximum((np.maximum(n - 1, 0)).sum(1), 1))
     runs = n.sum(1) + n_base + 2 * used
-    rule_nf = D.Rule(alpha=ALPHA, screen_seeds=S, confirm_seeds=S, adaptive=adaptive)
-    paired_df = np.maximum(n - 1, 0).sum(1)
-    det = [[D.noise_floor(float(pooled[i]), int(paired_df[i]), rule_nf, float(margin[i]), int(margin_df[i]))
-            [f"detectable_{pw}"] for i in range(min(N, 100))] for pw in (80, 90)]
-    return promoted, {"runs": runs, "margin": margin, "paired_sd": pooled, "g": g, "n": n, "d": d, "w": w,
-                      "y": y, "detectable": [float(np.nanmedian(x)) for x in det]}
+    info = {"runs": runs, "margin": margin, "g": g, "n": n, "n_base": n_base, "d": d, "w": w, "y": y}
+    if detect:  # what the report says: decision.noise_floor on each sweep's screening data, as the runner calls it
+        keep = (math.ceil(K / 3),) if halving and K > 1 else ()
+        rule_nf = D.Rule(alpha=ALPHA, screen_seeds=S, confirm_seeds=S, adaptive=adaptive, mutants=K, keep=keep)
+        nf = []
+        for i in range(min(N, DETECT_SWEEPS)):
+            base, muts = sweep_samples(info, i)
+            tests = D.screen(base, muts, higher_is_better=False)
+            m, mdf, _ = D.margin_for(rule_nf, [base, *muts.values()])
+            nf.append(D.noise_floor(*D.paired_noise(tests), rule_nf, m, mdf))
+        info["detectable"] = [float(np.nanmedian([x[f"detectable_{pw}"] for x in nf])) for pw in (80, 90)]
+    return promoted, info
 
 
-def mean_fill(g, n):
-    m, _, _ = _stats(g, np.maximum(n, 1))
-    return m
+def sweep_samples(info, i):
+    """Sweep i's screening values as decision takes them: {seed: bpb} for the baseline and each mutant run."""
+    base = {s: float(info["y"][i, 0, s]) for s in range(int(info["n_base"][i]))}
+    muts = {f"m{j}": {s: float(info["y"][i, j + 1, s]) for s in range(int(info["n"][i, j]))}
+            for j in range(info["g"].shape[1]) if info["n"][i, j] > 0}
+    return base, muts
 
 
 def check_against_decision(info, S, adaptive, min_effect, promoted, count=200):
@@ -176,9 +184,7 @@ def check_against_decision(info, S, adaptive, min_effect, promoted, count=200):
     rule = D.Rule(alpha=ALPHA, min_effect=min_effect, screen_seeds=S, confirm_seeds=S)
     bad = 0
     for i in range(min(count, len(promoted))):
-        base = {s: float(info["y"][i, 0, s]) for s in range(S)}
-        muts = {f"m{j}": {s: float(info["y"][i, j + 1, s]) for s in range(int(info["n"][i, j]))}
-                for j in range(info["g"].shape[1]) if info["n"][i, j] > 0}
+        base, muts = sweep_samples(info, i)
         tests = D.screen(base, muts, higher_is_better=False)
         win = D.select(tests)
         margin, _, _ = D.margin_for(rule, [base, *muts.values()])
@@ -288,18 +294,35 @@ REAL = {"null": (["seed", "1000", "2000", "3000", "4000", "5000", "6000"], ["--s
         "planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "3"]),
         "adaptive-null": (["seed", "1000", "2000", "3000"], ["--seeds", "5"]),
         "adaptive-planted": (["lr", "x10", "x0.5", "x0.1"], ["--seeds", "5"]),
-        "tpe": (["lr", "x2", "x64"], ["--seeds", "2", "--search", "tpe", "--trials", "4"]),
-        "grid": (["lr", "x2", "x6.35", "x20.2", "x64"], ["--seeds", "2"])}
+        "tpe-reference": (["lr", *[f"x{2.0 ** k:g}" for k in (-2, -1, *range(1, 12))]], ["--seeds", "4",
+                                                                                         "--min-effect", "100"])}
+# the planted lr problem of `tpe`: the base's lr is ~8x too small for 100 steps (tpe-reference); the range
+# spans 4.6 decades around the optimum, shifted per repeat by a fraction of one grid step (a golden-ratio
+# sequence over the whole step), so the grid's points - and the search's evenly spaced start, on the same
+# spacing - fall at every phase relative to the optimum: neither sits on it by design
+TPE_SET = ["training.max_iters=100", "training.eval_iters=20", "training.eval_interval=25"]
+TPE_RANGE, TPE_GRID, TPE_TRIALS, TPE_ETA = (0.05, 2000.0), 4, 8, 4
 
 
-def real_sweep(work: Path, name: str, args: list[str], rep: int, extra: list[str] = ()) -> dict:
+def tpe_case(rep: int) -> dict[str, list[str]]:
+    """The grid and the search of repeat `rep` over the same range, shifted by a fraction of a grid step."""
+    step = math.log(TPE_RANGE[1] / TPE_RANGE[0]) / (TPE_GRID - 1)
+    shift = (((rep * 0.6180339887) % 1.0) - 0.5) * step
+    lo, hi = math.log(TPE_RANGE[0]) + shift, math.log(TPE_RANGE[1]) + shift
+    grid = [f"x{math.exp(lo + i * (hi - lo) / (TPE_GRID - 1)):.4g}" for i in range(TPE_GRID)]
+    return {"grid": ["lr", *grid, "--seeds", "2"],
+            "tpe": ["lr", grid[0], grid[-1], "--seeds", "2", "--search", "tpe", "--trials", str(TPE_TRIALS),
+                    "--halving", "--eta", str(TPE_ETA)]}
+
+
+def real_sweep(work: Path, name: str, args: list[str], rep: int, extra: list[str] = (), jobs: int = 2) -> dict:
     import shutil
     import subprocess
     d = work / f"{name}_{rep}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     (d / "tiny.yaml").write_text(TINY)
-    cmd = [sys.executable, "-m", "foundry.cli.sweep", *args, "--base", str(d / "tiny.yaml"), "--jobs", "2",
+    cmd = [sys.executable, "-m", "foundry.cli.sweep", *args, "--base", str(d / "tiny.yaml"), "--jobs", str(jobs),
            "--threads", "1", "--set", f"training.seed={1337 + 10007 * rep}", "--out", str(d / "sweep"),
            "--store", str(d / "store.sqlite"), "--experiments", str(d / "experiments"), "--promote", "--quiet",
            *extra]
@@ -317,7 +340,10 @@ def real_sweep(work: Path, name: str, args: list[str], rep: int, extra: list[str
             "test": {k: dec["test"].get(k) for k in ("n", "mean", "t", "t_crit", "p")} if dec["test"] else None,
             "noise": dec["noise"], "tokens": dec["compute"]["tokens"], "fixed_tokens": dec["compute"]["fixed_tokens"],
             "best_mutant": best_bpb[1], "best_mutant_bpb": best_bpb[0],
-            "lr": {k: v.get("mutation") for k, v in res["results"].items()}}
+            "lr": {k: v.get("mutation") for k, v in res["results"].items()},
+            "bpb": {k: sum(v["val_bpb"]) / len(v["val_bpb"]) for k, v in res["results"].items()
+                    if v.get("status") == "done" and v.get("val_bpb")},
+            "confirm_gains": dec["test"].get("diffs") if dec["test"] else None}
 
 
 def real(argv) -> int:
@@ -331,6 +357,8 @@ def real(argv) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="screening and confirmation seeds of null/nudge")
     ap.add_argument("--first", type=int, default=0, help="first repeat of null/nudge (split a run in two)")
     ap.add_argument("--adaptive-repeats", type=int, default=3)
+    ap.add_argument("--tpe-repeats", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2, help="--jobs of each sweep (1 on a shared machine)")
     a = ap.parse_args(argv)
     extra = [x for o in a.overrides for x in ("--set", o)]
     plan = []
@@ -345,14 +373,17 @@ def real(argv) -> int:
         elif part == "planted":
             plan += [(part, REAL[part][0] + REAL[part][1], r) for r in range(3)]
         elif part.startswith("adaptive"):
-            for case in ("adaptive-null", "adaptive-planted")[1 if part == "adaptive-planted" else 0:]:
+            for case in [c for c in ("adaptive-null", "adaptive-planted") if part in ("adaptive", c)]:
                 for r in range(a.adaptive_repeats):
                     plan += [(f"{case}-{m}", REAL[case][0] + REAL[case][1] + extra, r)
                              for m, extra in (("fixed", []), ("adaptive", ["--adaptive"]))]
         elif part == "tpe":
-            plan += [(k, REAL[k][0] + REAL[k][1], r) for r in range(3) for k in ("grid", "tpe")]
+            sets = [x for o in TPE_SET for x in ("--set", o)]
+            plan += [(k, v + sets, r) for r in range(a.tpe_repeats) for k, v in tpe_case(r).items()]
+        elif part == "tpe-reference":
+            plan += [(part, REAL[part][0] + REAL[part][1] + [x for o in TPE_SET for x in ("--set", o)], 0)]
     for name, args, rep in plan:
-        row = real_sweep(Path(a.work), name, args, rep, extra)
+        row = real_sweep(Path(a.work), name, args, rep, extra, a.jobs)
         with open(a.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps({k: row.get(k) for k in ("name", "rep", "promoted", "winner", "verdict", "seconds",
@@ -381,12 +412,41 @@ def summary(paths: list[str]) -> int:
                        for f, a in pairs)
             ratio = sum(a["tokens"] for _, a in pairs) / sum(f["tokens"] for f, _ in pairs)
             print(f"{case}: {same}/{len(pairs)} same decisions; adaptive used {ratio:.2f}x the fixed design's tokens")
+            for f, a in pairs:
+                print(f"  rep {f['rep']}: fixed {f['verdict']} {f['winner']} {f['tokens']:,} tokens, adaptive "
+                      f"{a['verdict']} {a['winner']} {a['tokens']:,} ({a['tokens'] / f['tokens']:.3f}x)")
     pairs = [(g, t) for g in groups.get("grid", []) for t in groups.get("tpe", [])
              if g["rep"] == t["rep"] and not g.get("error") and not t.get("error")]
+    ref = reference_curve(groups.get("tpe-reference", []))
     for g, t in pairs:
-        print(f"rep {g['rep']}: grid best {g['best_mutant']} {g['best_mutant_bpb']:.4f} bpb, "
-              f"tpe best {t['best_mutant']} {t['best_mutant_bpb']:.4f} bpb, tokens {g['tokens']:,} vs {t['tokens']:,}")
+        line = [f"rep {g['rep']}:"]
+        for tag, r in (("grid", g), ("tpe", t)):
+            x = lr_multiple(r["lr"][r["winner"]])
+            fresh = np.mean(r["confirm_gains"]) if r.get("confirm_gains") else math.nan
+            line.append(f"{tag} winner x{x:.3g} (screening {r['bpb'][r['winner']]:.4f}, reference "
+                        f"{ref(x):.4f}, fresh-seed gain {fresh:+.4f});")
+        line.append(f"tokens {g['tokens']:,} vs {t['tokens']:,} ({t['tokens'] / g['tokens']:.3f}x)")
+        print(" ".join(line))
     return 0
+
+
+BASE_LR = 3.0e-4  # TINY's
+
+
+def lr_multiple(mutation: str) -> float:
+    """'lr x8' -> 8; 'lr 0.0024' (a TPE trial) -> 0.0024 / the base lr."""
+    v = mutation.split()[-1]
+    return float(v[1:]) if v.startswith("x") else float(v) / BASE_LR
+
+
+def reference_curve(rows: list[dict]):
+    """Mean val bpb (4 seeds, tpe-reference) against the lr multiple, interpolated in log lr."""
+    if not rows:
+        return lambda x: math.nan
+    r = rows[-1]
+    pts = sorted((1.0 if k == "baseline" else lr_multiple(r["lr"][k]), v) for k, v in r["bpb"].items())
+    xs, ys = np.log([p[0] for p in pts]), [p[1] for p in pts]
+    return lambda x: float(np.interp(math.log(x), xs, ys))
 
 
 def main(argv=None) -> int:
