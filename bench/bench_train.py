@@ -376,6 +376,10 @@ def cmd_steps(args, data):
     torch.set_num_threads(cfg.training.num_threads)
     tune_cpu_malloc()  # for both sides alike: this compares the code of one step, not the processes
     model = GPT(cfg.model_args)
+    from foundry.cpugemm import onednn_linear_rule, use_onednn_linears
+    from foundry.hostcpu import host_cpu
+    if onednn_linear_rule(host_cpu())[0] and not args.compile:  # as build_run does for a CPU training run
+        use_onednn_linears(model)
     opt = build_optimizer(model, cfg.training, "cpu")
     sampler = make_sampler(load_data(data), cfg)
     ref = NanoGPTReference(str(data), 65)
@@ -429,6 +433,8 @@ def cmd_dtype(args, data):
     from foundry.config import ModelConfig, TrainingConfig
     from foundry.model import GPT
     from foundry.optim import build_optimizer
+    from foundry.cpugemm import onednn_linear_rule, use_onednn_linears
+    from foundry.hostcpu import host_cpu
     from foundry.train import autocast_ctx, pick_dtype, tune_cpu_malloc
 
     torch.set_num_threads(args.threads or 2)
@@ -440,6 +446,8 @@ def cmd_dtype(args, data):
                          vocab_size=65, bias=False, dropout=0.0)
         torch.manual_seed(0)
         model = GPT(mc)
+        if onednn_linear_rule(host_cpu())[0]:  # fp32 as a training run has it (bf16 autocast is unaffected)
+            use_onednn_linears(model)
         opt = build_optimizer(model, tc, "cpu")
         x, y = (torch.randint(0, 65, (args.batch, args.block)) for _ in range(2))
         times = {"float32": [], "bfloat16": []}
@@ -469,7 +477,38 @@ def cmd_dtype(args, data):
                      "auto_picks": str(auto).replace("torch.", "")})
         print(json.dumps(rows[-1]), flush=True)
     record("dtype", rows=rows, iters=args.iters, amx=torch.cpu._is_amx_tile_supported(),
+           fp32_gemm="onednn" if onednn_linear_rule(host_cpu())[0] else "mkl",
            cpu_capability=torch.backends.cpu.get_cpu_capability(), load_avg_1min=os.getloadavg()[0])
+
+
+def cmd_gemm(args, data):
+    """fp32 GEMM throughput of MKL (torch's default) and oneDNN (foundry.cpugemm) at the shapes of nanoGPT's
+    README CPU run (768 tokens x 128 wide, 4x MLP, the qkv projection), forward and both gradients, the two
+    libraries alternating call by call; GFLOP/s of the median call."""
+    from foundry.cpugemm import _gemm
+
+    torch.set_num_threads(args.threads or 2)
+    rows = []
+    for m, k, n in [(768, 128, 384), (768, 128, 512), (768, 512, 128), (768, 128, 128)]:
+        x, w, dy = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
+        cases = {"forward": (lambda: x @ w.t(), lambda: _gemm(x, w, None)),
+                 "grad_input": (lambda: dy @ w, lambda: _gemm(dy, w.t(), None)),
+                 "grad_weight": (lambda: dy.t() @ x, lambda: _gemm(dy.t(), x.t(), None))}
+        for name, (mkl, dnn) in cases.items():
+            times = {"mkl": [], "onednn": []}
+            for _ in range(20):
+                mkl(), dnn()
+            for _ in range(args.iters * 10):
+                for lib, f in (("mkl", mkl), ("onednn", dnn)):
+                    t = time.perf_counter()
+                    f()
+                    times[lib].append(time.perf_counter() - t)
+            gf = {lib: 2 * m * k * n / statistics.median(v) / 1e9 for lib, v in times.items()}
+            rows.append({"m": m, "k": k, "n": n, "gemm": name, "mkl_gflops": gf["mkl"], "onednn_gflops": gf["onednn"],
+                         "onednn_speedup": gf["onednn"] / gf["mkl"]})
+            print(json.dumps(rows[-1]), flush=True)
+    record("gemm", rows=rows, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+           load_avg_1min=os.getloadavg()[0])
 
 
 def cmd_dtypeloss(args, data):
@@ -625,7 +664,7 @@ def cmd_omp(args, data):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["speed", "e2e", "dtypeloss", "full", "v1v2", "steps", "dtype", "attn", "malloc", "omp", "reference",
+    p.add_argument("what", choices=["speed", "e2e", "dtypeloss", "gemm", "full", "v1v2", "steps", "dtype", "attn", "malloc", "omp", "reference",
                                     "evalrun"])
     p.add_argument("runs", nargs="*", type=Path, help="evalrun: run directories")
     p.add_argument("--data", type=Path, help="prepared character-level Tiny Shakespeare directory")
@@ -656,11 +695,11 @@ def main(argv=None) -> int:
         CHILD_ENV["OMP_WAIT_POLICY"] = args.omp_wait
     if args.compile and args.what == "speed":
         THREADS.append("training.compile=true")
-    if args.what in ("speed", "steps", "dtype", "attn", "malloc", "omp") and args.iters is None:
+    if args.what in ("speed", "steps", "dtype", "attn", "malloc", "omp", "gemm") and args.iters is None:
         args.iters = 150 if args.what == "speed" else 40
     if args.what == "e2e" and args.iters is None:
         args.iters = 2000
-    {"speed": cmd_speed, "e2e": cmd_e2e, "dtypeloss": cmd_dtypeloss, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
+    {"speed": cmd_speed, "e2e": cmd_e2e, "dtypeloss": cmd_dtypeloss, "gemm": cmd_gemm, "full": cmd_full, "v1v2": cmd_v1v2, "steps": cmd_steps, "dtype": cmd_dtype, "attn": cmd_attn,
      "malloc": cmd_malloc, "omp": cmd_omp, "reference": cmd_reference, "evalrun": cmd_evalrun}[args.what](args, data)
     return 0
 

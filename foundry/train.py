@@ -115,18 +115,20 @@ def pick_dtype(name: str, device: torch.device, mc=None) -> torch.dtype:
 # 128: 0.95x); at nanoGPT's block 256, batch 64, 6 layers: width 128 1.47x, 256 2.22x, 384 3.04x.
 AMX_BF16_MIN_WIDTH = 256
 AMX_BF16_MIN_BLOCK = 256
-# ... on an AVX-512 BF16 CPU without AMX: bf16 autocast from this width (the narrowest measured). AMD EPYC
-# (cpu family 26), 2 threads, same benchmark (2026-12-02): block 64, batch 12, 4 layers: width 128 1.24x (4
-# heads) / 1.60x (2 heads), 256 2.12x, 384 2.50x; block 256, batch 64, 6 layers: 128 2.21x, 256 2.91x, 384 3.03x.
-AVX512_BF16_MIN_WIDTH = 128
+# ... and on an AVX-512 BF16 CPU without AMX, the same thresholds. AMD EPYC (cpu family 26), 2 threads, same
+# benchmark, fp32 GEMMs on oneDNN as training runs them (foundry.cpugemm; 2026-12-02): block 64, batch 12,
+# 4 layers: width 128 0.97x (4 heads) / 1.13x (2 heads), 256 1.22x, 384 1.32x; block 256, batch 64, 6 layers:
+# width 128 1.65x, 256 1.76x, 384 1.83x. (Against MKL's fp32, before foundry.cpugemm: 1.24-3.03x.)
+BF16_MIN_WIDTH = AMX_BF16_MIN_WIDTH
+BF16_MIN_BLOCK = AMX_BF16_MIN_BLOCK
 
 
 def dtype_choice(name: str, device: torch.device, mc=None, cpu=None) -> tuple[torch.dtype, str]:
     """(dtype, why). `auto`: bf16 autocast on CUDA cards that support it; on CPUs with AMX tiles (Intel
     Sapphire Rapids and later, where oneDNN runs bf16 GEMMs on the matrix units) when the model (`mc`, a
-    ModelConfig) is at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long; on AVX-512 BF16 CPUs without
-    AMX (bf16 dot products on the vector units: AMD Zen 4 and later, Intel Cooper Lake) from
-    AVX512_BF16_MIN_WIDTH wide - each where it was measured to pay; fp32 otherwise: narrow short models lose to
+    ModelConfig) is at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long, and on AVX-512 BF16 CPUs
+    without AMX (bf16 dot products on the vector units: AMD Zen 4 and later, Intel Cooper Lake) at the same
+    sizes (BF16_MIN_WIDTH, BF16_MIN_BLOCK) - each where it was measured to pay; fp32 otherwise: narrow short models lose to
     the casts on AMX, and without a hardware bf16 path bf16 is emulated (on an AVX2 CPU bf16 autocast measured
     2.4x slower than fp32, 2026-11-26). `cpu`: a foundry.hostcpu.HostCPU (default: this machine)."""
     import torch
@@ -152,11 +154,12 @@ def dtype_choice(name: str, device: torch.device, mc=None, cpu=None) -> tuple[to
                                f"bf16 measured 0.93-0.95x fp32 below width {AMX_BF16_MIN_WIDTH} and block "
                                f"{AMX_BF16_MIN_BLOCK})")
     if cpu.avx512_bf16:
-        if mc is None or mc.n_embd >= AVX512_BF16_MIN_WIDTH:
-            return torch.bfloat16, (f"auto: bf16 autocast (AVX-512 BF16 CPU without AMX{size}: measured 1.2-3.0x "
-                                    f"fp32 from width {AVX512_BF16_MIN_WIDTH})")
-        return torch.float32, (f"auto: fp32 (AVX-512 BF16 CPU, but {mc.n_embd} wide: bf16 unmeasured below "
-                               f"width {AVX512_BF16_MIN_WIDTH})")
+        if mc is None or mc.n_embd >= BF16_MIN_WIDTH or mc.block_size >= BF16_MIN_BLOCK:
+            return torch.bfloat16, (f"auto: bf16 autocast (AVX-512 BF16 CPU without AMX{size}: measured 1.2-1.8x "
+                                    f"fp32 from width {BF16_MIN_WIDTH} or block {BF16_MIN_BLOCK})")
+        return torch.float32, (f"auto: fp32 (AVX-512 BF16 CPU without AMX, but {mc.n_embd} wide and block "
+                               f"{mc.block_size}: bf16 measured 0.97-1.13x fp32 below width {BF16_MIN_WIDTH} and "
+                               f"block {BF16_MIN_BLOCK})")
     return torch.float32, (f"auto: fp32 ({cpu.capability} CPU without AVX-512 BF16 or AMX: bf16 would be emulated, "
                            f"measured 2.4x slower on AVX2)")
 
@@ -353,9 +356,14 @@ def train(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False, logg
             from foundry.hostcpu import host_cpu
             from foundry.modules.attention import EXPLICIT_CAUSAL_MAX_T, explicit_causal_rule
 
+            from foundry.cpugemm import onednn_linear_rule
+
             explicit, why = explicit_causal_rule(host_cpu())
             say(f"attention: {'explicit baddbmm' if explicit else 'SDPA flash'} causal path for training at "
                 f"T <= {EXPLICIT_CAUSAL_MAX_T} ({why})")
+            if not tc.compile:
+                dnn, why = onednn_linear_rule(host_cpu())
+                say(f"linear layers: {'oneDNN' if dnn else 'MKL'} fp32 GEMMs ({why})")
         if cfg.lora.rank > 0:
             from foundry.lora import describe_trainable
 

@@ -224,8 +224,8 @@ def test_resume_refuses_a_changed_experiment_but_allows_execution_changes(tmp_pa
 
 def test_dtype_auto_follows_the_hardware():
     """`dtype: auto` is bf16 only where bf16 has a hardware path and was measured to pay: CUDA with bf16, a
-    CPU with AMX tiles for a model at least AMX_BF16_MIN_WIDTH wide or AMX_BF16_MIN_BLOCK long, an AVX-512
-    BF16 CPU without AMX from AVX512_BF16_MIN_WIDTH wide; each choice says why (flag sets, not this machine)."""
+    CPU with AMX tiles or AVX-512 BF16 for a model at least 256 wide or 256 long; each choice says why (flag
+    sets, not this machine)."""
     from foundry import train as T
     from foundry.config import ModelConfig
     from foundry.hostcpu import HostCPU
@@ -245,9 +245,10 @@ def test_dtype_auto_follows_the_hardware():
     for hw in (avx2, no_bf16, masked):
         assert pick(hw, wide)[0] == torch.float32 == pick(hw)[0]
         assert "without AVX-512 BF16 or AMX" in pick(hw, wide)[1]
-    assert pick(zen, wide)[0] == pick(zen, narrow)[0] == pick(zen, long_)[0] == pick(zen)[0] == torch.bfloat16
-    assert "AVX-512 BF16 CPU without AMX, 128 wide" in pick(zen, narrow)[1]
-    assert pick(zen, tiny)[0] == torch.float32 and "unmeasured below width 128" in pick(zen, tiny)[1]
+    assert pick(zen, wide)[0] == pick(zen, long_)[0] == pick(zen)[0] == torch.bfloat16
+    assert "AVX-512 BF16 CPU without AMX, 384 wide" in pick(zen, wide)[1]
+    assert pick(zen, narrow)[0] == pick(zen, tiny)[0] == torch.float32
+    assert "128 wide and block 64" in pick(zen, narrow)[1]
     assert pick(amx, wide)[0] == torch.bfloat16 == pick(amx, long_)[0] == pick(amx)[0]
     assert pick(amx, narrow)[0] == torch.float32
     assert "128 wide and block 64" in pick(amx, narrow)[1]
@@ -362,3 +363,43 @@ def test_named_optimizer_state_is_torchs_layout_and_round_trips(tmp_path):
              for d in loaded]  # torch's loader turns the betas tuple into a list; a fresh optimiser has a tuple
     assert lists[0] == lists[1] and a["state"].keys() == b["state"].keys()
     assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in b["state"] for k in b["state"][i])
+
+
+def test_onednn_linear_is_the_same_layer_and_follows_the_rule():
+    """OneDNNLinear (fp32 CPU GEMMs on oneDNN) gives F.linear's outputs and gradients to fp32 rounding, keeps
+    the module's parameters and state dict, falls back to F.linear under autocast, leaves subclasses alone;
+    the rule picks it on AMD's AVX-512 only (flag sets, not this machine)."""
+    from foundry.cpugemm import OneDNNLinear, available, onednn_linear_rule, use_onednn_linears
+    from foundry.hostcpu import HostCPU
+
+    flags = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    assert onednn_linear_rule(HostCPU("AVX512", "AuthenticAMD", 26, flags))[0] is available()
+    for cpu in (HostCPU("AVX512", "GenuineIntel", 6, flags), HostCPU("AVX2", "AuthenticAMD", 25, frozenset({"avx2"})),
+                HostCPU("AVX512", "", None, flags)):
+        assert onednn_linear_rule(cpu)[0] is False
+    if not available():
+        pytest.skip("this torch has no oneDNN linear")
+
+    class Sub(torch.nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 8, bias=False), Sub(8, 8))
+    new = torch.nn.Sequential(*[type(m)(m.in_features, m.out_features, bias=m.bias is not None)
+                                if isinstance(m, torch.nn.Linear) else m for m in ref])
+    new.load_state_dict(ref.state_dict())
+    assert use_onednn_linears(new) == 2
+    assert [type(m) for m in new] == [OneDNNLinear, torch.nn.GELU, OneDNNLinear, Sub]
+    assert new.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    ya, yb = ref(xs[0]), new(xs[1])
+    torch.testing.assert_close(yb, ya, atol=1e-5, rtol=1e-5)
+    up = torch.randn_like(ya)
+    (ya * up).sum().backward()
+    (yb * up).sum().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=1e-5, rtol=1e-5)
+    for p, q in zip(ref.parameters(), new.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert new(x).dtype == torch.bfloat16  # autocast's own linear, not the fp32 GEMM

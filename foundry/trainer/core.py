@@ -143,6 +143,12 @@ def build_run(cfg: ExperimentConfig, device: torch.device | str = "cpu", info: D
     objective.attach(model, device)
     mode = D.choose_mode(tc.distributed, info.world_size, device.type,
                          sum(p.numel() for p in model.parameters()), tc.fsdp_min_params)
+    if device.type == "cpu" and not tc.compile and mode != "fsdp":
+        from foundry.cpugemm import onednn_linear_rule, use_onednn_linears
+        from foundry.hostcpu import host_cpu
+
+        if onednn_linear_rule(host_cpu())[0]:  # fp32 GEMMs on oneDNN where MKL is the slow one (AMD AVX-512)
+            use_onednn_linears(model)
     wrapped = D.wrap(model, mode, info, device)
     from foundry.optim import build_optimizer
 
