@@ -60,12 +60,18 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+# Smallest GEMM (rows x in x out multiply-adds) sent to oneDNN: below it oneDNN's per-call cost wins over its
+# faster kernels. Whole-model forward+backward, MKL / oneDNN: 2 x 32 wide, 8 x 32 tokens (GEMMs of 0.2-1M
+# multiply-adds) 0.78-0.81x; 2 x 64 wide, 8 x 64 tokens (2-6M) 1.01-1.15x; 4 x 128, 12 x 64 (12-25M) 1.39-1.58x.
+ONEDNN_MIN_MACS = 1 << 22
+
+
 class OneDNNLinear(nn.Linear):
     """nn.Linear whose fp32 CPU GEMMs (forward and both gradients) run on oneDNN (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu")):
+                or torch.is_autocast_enabled("cpu") or x.numel() * self.out_features < ONEDNN_MIN_MACS):
             return F.linear(x, self.weight, self.bias)
         return _Linear.apply(x, self.weight, self.bias)
 

@@ -365,7 +365,7 @@ def test_named_optimizer_state_is_torchs_layout_and_round_trips(tmp_path):
     assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in b["state"] for k in b["state"][i])
 
 
-def test_onednn_linear_is_the_same_layer_and_follows_the_rule():
+def test_onednn_linear_is_the_same_layer_and_follows_the_rule(monkeypatch):
     """OneDNNLinear (fp32 CPU GEMMs on oneDNN) gives F.linear's outputs and gradients to fp32 rounding, keeps
     the module's parameters and state dict, falls back to F.linear under autocast, leaves subclasses alone;
     the rule picks it on AMD's AVX-512 only (flag sets, not this machine)."""
@@ -379,6 +379,12 @@ def test_onednn_linear_is_the_same_layer_and_follows_the_rule():
         assert onednn_linear_rule(cpu)[0] is False
     if not available():
         pytest.skip("this torch has no oneDNN linear")
+    import foundry.cpugemm as G
+
+    monkeypatch.setattr(G, "ONEDNN_MIN_MACS", 0)  # these layers are small: send them to oneDNN all the same
+    calls = []
+    real = G._Linear.apply
+    monkeypatch.setattr(G._Linear, "apply", lambda *a: calls.append(1) or real(*a))
 
     class Sub(torch.nn.Linear):
         pass
@@ -401,5 +407,9 @@ def test_onednn_linear_is_the_same_layer_and_follows_the_rule():
     torch.testing.assert_close(xs[1].grad, xs[0].grad, atol=1e-5, rtol=1e-5)
     for p, q in zip(ref.parameters(), new.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2  # the two plain layers went through oneDNN
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert new(x).dtype == torch.bfloat16  # autocast's own linear, not the fp32 GEMM
+    monkeypatch.setattr(G, "ONEDNN_MIN_MACS", 1 << 22)
+    new(x)
+    assert len(calls) == 2  # below the size where oneDNN pays: F.linear
