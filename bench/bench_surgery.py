@@ -11,7 +11,7 @@ Reported per surgery: parameters, KV-cache bytes per token, decode tokens/s (par
 KL to the parent and held-out perplexity before and after healing, the share of the perplexity loss that
 healing recovered, healing tokens. Writes OUT/results.json and prints the markdown table for BENCHMARKS.md.
 Each arm's directory keeps only surgery.json, experiment.yaml and the healing run's metrics (config.yaml,
-metrics.jsonl, summary.json): the child and healing checkpoints (0.5-1.6 GB per arm on SmolLM2) are deleted
+metrics.jsonl, summary.json): the child and healing checkpoints (about 3.6 GB per arm on SmolLM2) are deleted
 once measured, unless --keep-runs. --before-only skips healing (the cost before healing, e.g. to compare
 `--set model_args.mla.rope_select=high` with the default 2-norm selection).
 Run it with OMP_NUM_THREADS=1 on a shared CPU (two spinning threads on two busy cores are far slower).

@@ -2,6 +2,7 @@
 
     cost = surgery_cost(parent, child, heldout)     heldout (N, T + 1) token windows
     cost["kl"]                 mean KL(parent || child) of the next-token distributions, nats/token
+    cost["kl_windows"]         the same per held-out window (pairs two children measured on one text)
     cost["ppl_parent"], cost["ppl_child"], cost["ppl_ratio"]      held-out perplexity
     cost["params_parent"], ...["params_child"]                     parameters (tied weights once)
     cost["kv_bytes_parent"], ...["kv_bytes_child"]                 KV cache bytes per token, all layers
@@ -29,19 +30,23 @@ def next_token_divergence(parent: GPT, child: GPT, windows: torch.Tensor, batch:
     parent.eval(), child.eval()
     kl = nll_p = nll_c = 0.0
     n = 0
+    per_window: list[float] = []
     for i in range(0, windows.shape[0], batch):
         w = windows[i:i + batch].to(device)
         x, y = w[:, :-1], w[:, 1:].reshape(-1)
         lp = F.log_softmax(parent(x).float(), dim=-1).flatten(0, 1)   # (B*T, V)
         lc = F.log_softmax(child(x).float(), dim=-1).flatten(0, 1)
-        kl += float((lp.exp() * (lp - lc)).sum())
+        kl_tok = (lp.exp() * (lp - lc)).sum(-1)                        # (B*T,)
+        kl += float(kl_tok.sum())
+        per_window += kl_tok.view(x.shape[0], -1).mean(1).tolist()
         nll_p += float(F.nll_loss(lp, y, reduction="sum"))
         nll_c += float(F.nll_loss(lc, y, reduction="sum"))
         n += y.numel()
     if n == 0:
         raise ValueError("no held-out windows to measure on")
     return {"kl": kl / n, "ppl_parent": math.exp(nll_p / n), "ppl_child": math.exp(nll_c / n),
-            "ppl_ratio": math.exp((nll_c - nll_p) / n), "heldout_tokens": n}
+            "ppl_ratio": math.exp((nll_c - nll_p) / n), "heldout_tokens": n,
+            "kl_windows": per_window}  # per held-out window, for paired comparisons of two children
 
 
 @torch.no_grad()
