@@ -1,6 +1,6 @@
 """The sweep's `--heal` mode: rank surgeries of a pretrained model after equal healing budgets.
 
-    python -m foundry.cli.sweep attention gqa_1kv mla_128 --base experiments/smollm2.yaml --heal tokens=32768
+    python -m foundry.cli.sweep attention gqa_1kv mla_128 --base experiments/heal_smollm2.yaml --heal tokens=4096
 
 The base experiment names the pretrained parent (`init_from`: a zoo name or a run directory) and a data set
 prepared with its tokenizer (`data.path`). Every candidate is a surgery of the parent (foundry.surgery),
