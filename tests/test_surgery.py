@@ -148,8 +148,7 @@ def test_full_rank_svd_with_partial_rope_reproduces_the_parents_attention():
     parent = parent_of(cfg)
     keep = 4
     s = operate(parent, cfg, "attention", "mla", overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - keep),
-                                                            "model_args.mla.rope_head_dim": keep,
-                                                            "model_args.mla.rope_select": "high"})
+                                                            "model_args.mla.rope_head_dim": keep})  # S_high: the default
     m = s.config.model_args.mla
     assert m.rope_heads == 2 and not m.latent_norm and m.rope_select == "high"
     assert s.details["rope_freqs"] == [[[0, 1], [0, 1]]] * 3
@@ -196,7 +195,8 @@ def test_mla_norm_selection_keeps_each_heads_largest_query_key_pairs():
     attn = parent.blocks[0].attn  # KV head 0 serves query heads 0, 1; KV head 1 serves 2, 3
     plant_pair_norms(attn, big_k={0: [1, 3], 1: [0, 2]}, big_q={2: [3]}, small_q={2: [0], 3: [0]})
     s = operate(parent, cfg, "attention", "mla", calib=tokens(3, seed=4)[:, :-1],
-                overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - 4), "model_args.mla.rope_head_dim": 4})
+                overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - 4), "model_args.mla.rope_head_dim": 4,
+                           "model_args.mla.rope_select": "norm"})
     assert s.config.model_args.mla.rope_select == "norm" and s.details["rope_strategy"] == "S_2-norm"
     # head 0: keys 1 and 3 are large; head 1: key 0 is large but its queries are ~0, so 2 and the planted q 3
     want = [[1, 3], [2, 3]]
@@ -238,7 +238,7 @@ def test_converted_mla_decodes_from_its_latent_cache_like_the_full_forward_and_r
     for b in parent.blocks:
         plant_pair_norms(b.attn, big_k={0: [2, 3], 1: [0, 1]}, big_q={}, small_q={})
     s = operate(parent, cfg, "attention", "mla_12", calib=tokens(3, seed=4)[:, :-1],
-                overrides={"model_args.mla.rope_head_dim": 4})
+                overrides={"model_args.mla.rope_head_dim": 4, "model_args.mla.rope_select": "norm"})
     assert s.model.blocks[0].attn.rope_freqs.tolist() == [[2, 3], [0, 1]]
     prompt = tokens(1)[0, :6].tolist()
     assert s.model.generate([prompt], 8, temperature=0) == s.model.generate([prompt], 8, temperature=0,

@@ -288,9 +288,12 @@ def mha2mla(parent, parent_cfg, child_cfg, calib, **opts):
     in Any Transformer-based LLMs"), per layer:
 
     1. partial RoPE: each KV head keeps RoPE on dr/2 of its rotary frequency pairs as a decoupled RoPE key
-       (mla.rope_heads = the parent's KV heads, so nothing is shared that was not); mla.rope_select "norm"
-       (default) picks them per head by the 2-norm score on the calibration text (S_2-norm, the paper's
-       best), "high" the highest frequencies (S_high); queries are permuted to [nope | rope] as their KV head;
+       (mla.rope_heads = the parent's KV heads, so nothing is shared that was not); mla.rope_select "high"
+       (default) keeps the highest frequencies (S_high), "norm" picks them per head by the 2-norm score on
+       the calibration text (S_2-norm, the paper's best after its long finetunes; on SmolLM2-135M with
+       256-token windows it cost 1.25-2.25x S_high's KL before healing and 1.8-2.1x its perplexity after
+       4,096 healing tokens, 2 paired seeds: BENCHMARKS.md "Partial RoPE"); queries are permuted to
+       [nope | rope] as their KV head;
     2. SVD_joint: the remaining key channels and the values, stacked [W_k_nope; W_v] (nkv (2 hs - dr), C),
        are factored by a truncated SVD U_r S_r V_r^T: kv_down = S_r^1/2 V_r^T (r, C) writes the latent,
        kv_up = U_r S_r^1/2 expands it to every query head's [k_nope | v] (its KV head's rows).
@@ -304,7 +307,7 @@ def mha2mla(parent, parent_cfg, child_cfg, calib, **opts):
     rotary = m.position in ("rope", "hybrid")
     rot = int(hs * m.rope.fraction) // 2 * 2 if rotary else 0
     dr = c.mla.rope_dim(hs) if rotary else 0
-    select = c.mla.rope_select or "norm"
+    select = c.mla.rope_select or "high"  # measured: S_high loses less than the 2-norm on SmolLM2 (BENCHMARKS.md)
     if rotary and dr > rot:
         raise SurgeryError(f"attention mla: mla.rope_head_dim={dr} exceeds the parent's {rot} rotated channels "
                            f"per head; set model_args.mla.rope_head_dim to an even number <= {rot}")
