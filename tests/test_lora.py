@@ -180,3 +180,57 @@ def test_a_lora_rank_sweep_runs_end_to_end_with_paired_seeds_and_a_promotion_dec
     dec = res["decision"]
     assert dec["winner"] in ("lora_r4", "lora_r8", None) and "promote" in dec
     assert (exps / "champion.yaml").exists() == bool(dec["promote"])
+
+
+def _dpo_experiment(tmp_path):
+    """A LoRA DPO experiment on a tiny trained base and 24 preference pairs (the shared helpers' shapes)."""
+    import yaml
+    from finetune_helpers import BASE, make_base_run, pair_records, write_jsonl
+
+    base = make_base_run(tmp_path / "base")
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_records(24))
+    raw: dict = {"init_from": str(base), "out_dir": str(tmp_path / "runs" / "dpo"), "lora": {"rank": 2, "alpha": 8},
+                 "data": {"path": str(data), "val_examples": 4}}
+    for key, value in {**BASE, "training.objective": "dpo", "training.max_iters": 4, "training.eval_interval": 4,
+                       "training.batch_size": 2, "training.learning_rate": 1e-2, "training.warmup_iters": 1}.items():
+        sect, name = key.split(".")
+        raw.setdefault(sect, {})[name] = value
+    (tmp_path / "dpo.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "dpo.yaml"
+
+
+def test_a_dpo_sweep_without_an_eval_task_is_refused_before_anything_trains(tmp_path, capsys):
+    """DPO validation measures preference loss and accuracy, not the bits per byte a task-less sweep ranks by:
+    such a sweep is refused at planning, naming the fix, and no trial runs."""
+    from foundry.cli.sweep import main
+
+    exp = _dpo_experiment(tmp_path)
+    out = tmp_path / "sw"
+    rc = main(["lora_rank", "4", "--base", str(exp), "--seeds", "2", "--jobs", "1", "--out", str(out),
+               "--store", str(tmp_path / "s.sqlite"), "--experiments", str(tmp_path / "experiments"), "--quiet"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "dpo objective" in err and "--eval-task" in err, err
+    assert not (out / "trials").exists()
+
+
+def test_a_dpo_sweep_ranks_by_its_eval_task_and_decides(tmp_path):
+    """With an eval task a sweep over a DPO experiment (here `lora_rank`) trains every trial, scores the task and
+    reaches a promotion decision, even where the task cannot separate the candidates (DPO trials have no
+    bits per byte to fall back on: the task still ranks, said out loud)."""
+    import json
+
+    from foundry.cli.sweep import main
+
+    exp = _dpo_experiment(tmp_path)
+    out = tmp_path / "sw"
+    rc = main(["lora_rank", "4", "--base", str(exp), "--seeds", "2", "--jobs", "1", "--out", str(out),
+               "--store", str(tmp_path / "s.sqlite"), "--experiments", str(tmp_path / "experiments"),
+               "--eval-task", "principles", "--promote", "--progress", "1000", "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    for cand in ("baseline", "lora_r4"):
+        r = res["results"][cand]
+        assert r["status"] == "done" and r["val_bpb"] == [None, None], r.get("error")
+        assert len(r["tasks"]["principles"]["scores"]) == 2
+    assert res["decision"]["how"]["metric"] == "capability" and "promote" in res["decision"]

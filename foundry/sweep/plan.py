@@ -197,7 +197,24 @@ def plan_candidates(base: ExperimentConfig, base_path: str, opts: SweepOptions,
     seen = {base.hash(): "baseline"}
     for v in opts.variants if variants is None else variants:
         cands.append(mutant(base, base_path, opts.type, v, seen))
+    check_ranking(cands, opts)
     return cands
+
+
+# objectives whose validation measures no bits per byte, the sweep's ranking metric without an eval task
+NO_BPB_OBJECTIVES = ("dpo",)
+
+
+def check_ranking(cands: list[Candidate], opts: SweepOptions) -> None:
+    """Refuse, before anything trains, a sweep with nothing to rank by: a DPO trial's validation is preference
+    loss and accuracy on held-out pairs (foundry/trainer/objectives.py), not bits per byte, so such a sweep
+    ranks by a capability task."""
+    odd = [c.label for c in cands if c.cfg is not None and c.cfg.training.objective in NO_BPB_OBJECTIVES]
+    if odd and not opts.tasks:
+        raise SweepError(f"{', '.join(odd)} train(s) with the dpo objective, whose validation reports preference "
+                         f"loss and accuracy, not the bits per byte a sweep ranks by without a task; rank by a "
+                         f"capability instead: add --eval-task hh_rlhf (with --eval-limit N after data.reserved "
+                         f"held N records out of DPO training) or another task")
 
 
 def mutant(base: ExperimentConfig, base_path: str, type_name: str, variant: str, seen: dict) -> Candidate:

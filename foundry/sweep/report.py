@@ -73,8 +73,9 @@ def _ranking(results: dict, order: list[str], dec: dict) -> list[str]:
         r, s = results[k], dec["screening"].get(k)
         bpb = [b for b in r["val_bpb"] if b is not None]
         ci = f"{_f(s['ci'][0], '+.4f')} .. {_f(s['ci'][1], '+.4f')}" if s else "-"
-        lines.append(f"| {i} | {k} | {r.get('mutation') or '-'} | done | {len(bpb)} | "
-                     f"{sum(bpb) / len(bpb):.4f} | {_f(s['mean'], '+.4f') if s else '(baseline)'} | {ci} |")
+        mean_bpb = f"{sum(bpb) / len(bpb):.4f}" if bpb else "-"  # "-": the objective has none (dpo)
+        lines.append(f"| {i} | {k} | {r.get('mutation') or '-'} | done | {len(r['seed_index'])} | "
+                     f"{mean_bpb} | {_f(s['mean'], '+.4f') if s else '(baseline)'} | {ci} |")
     for k, r in results.items():
         if k not in order:
             why = (r.get("error") or "").splitlines()[0][:160] if r.get("error") else ""
@@ -133,7 +134,8 @@ def _plots(out: Path, results: dict, order: list[str], curves: dict) -> tuple[li
     ax2.set(title="validation bits per byte", xlabel="iteration", ylabel="val bpb")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # no curves (dpo trials log no val bpb): no legend
+            ax.legend(fontsize=7)
     fig.tight_layout()
     p = out / "loss_curves.png"
     fig.savefig(p, dpi=90)
@@ -143,11 +145,12 @@ def _plots(out: Path, results: dict, order: list[str], curves: dict) -> tuple[li
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(order) + 2), 4))
     for i, k in enumerate(order):
         vals = [b for b in results[k]["val_bpb"] if b is not None]
-        ax.bar(i, _mean(vals), color=colors[k], alpha=0.5)
-        ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
+        if vals:
+            ax.bar(i, _mean(vals), color=colors[k], alpha=0.5)
+            ax.scatter([i] * len(vals), vals, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(order)), order, rotation=20, ha="right", fontsize=8)
     ax.set(title="final validation bits per byte (bar: mean; dots: seeds)", ylabel="val bpb")
-    if order:
+    if order and all(b is not None for k in order for b in results[k]["val_bpb"]):
         lo = min(min(b for b in results[k]["val_bpb"] if b is not None) for k in order)
         hi = max(max(b for b in results[k]["val_bpb"] if b is not None) for k in order)
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))

@@ -94,6 +94,13 @@ def ranking_metric(results: dict[str, dict], tasks: list[str]) -> dict:
                          f"{first['n']} items: {shown}), so it does not rank")
         else:
             informative.append(t)
+    no_bpb = any(b is None for k in done for b in results[k]["val_bpb"])
+    scored = [t for t in tasks if t not in informative and done
+              and all(results[k].get("tasks", {}).get(t, {}).get("scores") for k in done)]
+    if tasks and not informative and no_bpb and scored:  # dpo trials: no bits per byte to fall back on
+        notes.append("ranking by the tasks anyway: some candidates (the dpo objective) report no validation "
+                     "bits per byte to fall back on")
+        return {"metric": "capability", "tasks": scored, "notes": notes}
     if tasks and not informative:
         notes.append("ranking by validation bits per byte instead, because no task separates the candidates")
     elif not tasks:
@@ -107,8 +114,8 @@ def samples(res: dict, how: dict) -> dict[int, float]:
     """{seed index: the ranking metric} over a candidate's finished seeds."""
     if res.get("status") != "done":
         return {}
-    if how["metric"] == "val_bpb":
-        return dict(zip(res["seed_index"], res["val_bpb"]))
+    if how["metric"] == "val_bpb":  # a seed without one (a dpo trial) has no sample
+        return {i: b for i, b in zip(res["seed_index"], res["val_bpb"]) if b is not None}
     per = [res["tasks"][t]["scores"] for t in how["tasks"]]
     return {i: _mean([p[j] for p in per]) for j, i in enumerate(res["seed_index"])}
 

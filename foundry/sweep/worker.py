@@ -107,7 +107,7 @@ def run_trial(spec: dict) -> dict:
             # trials share the GPUs round-robin: "cuda" in this worker now means this trial's GPU
             torch.cuda.set_device(int(spec["gpu"]) % torch.cuda.device_count())
         summary = train(cfg, quiet=True)
-        metrics = {"val_loss": summary["val_loss"], "val_bpb": summary["val_bpb"],
+        metrics = {"val_loss": summary["val_loss"], "val_bpb": summary.get("val_bpb"),  # none under dpo
                    "best_val_loss": summary["best_val_loss"], "iters": cfg.training.max_iters,
                    "params": summary.get("params"),
                    "tokens": cfg.training.max_iters * cfg.training.batch_size * cfg.model_args.block_size
