@@ -234,3 +234,26 @@ def test_a_dpo_sweep_ranks_by_its_eval_task_and_decides(tmp_path):
         assert r["status"] == "done" and r["val_bpb"] == [None, None], r.get("error")
         assert len(r["tasks"]["principles"]["scores"]) == 2
     assert res["decision"]["how"]["metric"] == "capability" and "promote" in res["decision"]
+
+
+def test_prune_checkpoints_keeps_only_the_baseline_and_the_winner_after_the_decision(tmp_path):
+    """--prune-checkpoints: once the sweep has decided, every other candidate's trial checkpoints are gone (on a
+    pretrained base each takes GBs) while its metrics, config and the report stay."""
+    import json
+
+    from foundry.cli.sweep import main
+
+    exp = _dpo_experiment(tmp_path)
+    out = tmp_path / "sw"
+    rc = main(["lora_rank", "4", "8", "--base", str(exp), "--seeds", "2", "--jobs", "1", "--out", str(out),
+               "--store", str(tmp_path / "s.sqlite"), "--experiments", str(tmp_path / "experiments"),
+               "--eval-task", "principles", "--prune-checkpoints", "--progress", "1000", "--quiet"])
+    assert rc == 0
+    winner = json.loads((out / "results.json").read_text())["decision"]["winner"]
+    kept = {"baseline", winner} - {None}
+    for cand in ("baseline", "lora_r4", "lora_r8"):
+        runs = sorted((out / "trials" / cand).glob("s*"))
+        assert runs and all((r / "metrics.jsonl").is_file() and (r / "config.yaml").is_file() for r in runs)
+        has_ckpt = any(any(r.glob("ckpt_*")) for r in runs)
+        assert has_ckpt == (cand in kept), (cand, winner)
+    assert (out / "report.md").is_file()

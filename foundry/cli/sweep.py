@@ -98,6 +98,10 @@ def _decision_args(p: argparse.ArgumentParser) -> None:
                    help="rank surgeries of a pretrained model: every candidate is the base's init_from mutated with "
                         "its weights transferred (foundry.surgery), then healed on N tokens of data.path (lora=R, "
                         "distill=A, lr=X as in python -m foundry.surgery); the baseline is the parent healed alike")
+    p.add_argument("--prune-checkpoints", action="store_true",
+                   help="once the sweep has decided, delete the trial checkpoints of every candidate but the baseline "
+                        "and the winner (metrics, configs and the report stay); on pretrained models a trial's "
+                        "checkpoints take GBs")
     p.add_argument("--quiet", action="store_true", help="print only errors")
 
 
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                         out=args.out or default_out(args.type, args.variants), store=args.store, halving=args.halving,
                         eta=args.eta, rungs=args.rungs, alpha=args.alpha, min_effect=args.min_effect,
                         executor=args.executor, cluster=args.cluster, threads=args.threads,
-                        progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet)
+                        progress=args.progress, retry_failed=args.retry_failed, quiet=args.quiet,
+                        prune_checkpoints=args.prune_checkpoints)
     from foundry.interrupt import EXIT_CODE, Interrupted, signals_interrupt
     from foundry.safeio import DamagedFileError, DiskFullError
     try:

@@ -57,6 +57,7 @@ class SweepOptions:
     retry_failed: bool = False
     quiet: bool = False
     heal: str | None = None              # --heal: candidates are surgeries of base.init_from, healed (foundry.surgery)
+    prune_checkpoints: bool = False      # after the decision: trial checkpoints of all but baseline and winner go
 
     def identity(self) -> dict:
         """What makes two invocations the same sweep (resume needs the same identity)."""

@@ -156,6 +156,7 @@ class Sweep:
         summary["report"] = [str(p) for p in paths]
         write_text_atomic(self.out / "results.json", json.dumps(summary, indent=2, default=str))
         self.save_state()
+        self._tidy_checkpoints(dec.get("winner"))
         announce(summary, self.say, self.out)
         return summary
 
@@ -306,6 +307,18 @@ class Sweep:
         self.say(f"promoted {dec['winner']} -> {path}")
         return str(path)
 
+    def _tidy_checkpoints(self, winner: str | None) -> None:
+        """--prune-checkpoints: the decided sweep keeps the baseline's and the winner's trial checkpoints only;
+        otherwise say how much they take once it is over a GB."""
+        trials, kept = self.out / "trials", sorted({"baseline", winner or "baseline"})
+        if self.opts.prune_checkpoints:
+            freed = prune_checkpoints(trials, set(kept))
+            self.say(f"--prune-checkpoints: removed the trial checkpoints of every candidate but {', '.join(kept)} "
+                     f"({freed / 1e9:.2f} GB)")
+        elif (size := trial_checkpoint_bytes(trials)) > 1e9:
+            self.say(f"trial checkpoints under {trials} take {size / 1e9:.1f} GB; --prune-checkpoints keeps only "
+                     f"the baseline's and the winner's once a sweep has decided")
+
     def close(self) -> None:
         self.trials.close()
         self.store.close()
@@ -329,6 +342,31 @@ def _check_tasks(tasks: list[str], say) -> None:
         from foundry.mutate import closest_first
         raise SweepError(f"--eval-task {bad[0]!r}: unknown task; known, closest first: "
                          f"{', '.join(closest_first(bad[0], known))}")
+
+
+def _checkpoint_dirs(trials: Path):
+    """The checkpoint directories of every trial run (trials/<candidate>/s<seed>/ckpt_last, .prevN, ckpt_best)."""
+    return [d for d in trials.glob("*/*/ckpt_*") if d.is_dir()] if trials.is_dir() else []
+
+
+def _size(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
+def trial_checkpoint_bytes(trials: Path) -> int:
+    return sum(_size(d) for d in _checkpoint_dirs(trials))
+
+
+def prune_checkpoints(trials: Path, keep: set) -> int:
+    """Remove the checkpoints of the candidates not in `keep` (labels); returns the bytes freed. Only after the
+    decision: halving resumes a surviving trial from its checkpoint, a finished sweep needs only its records."""
+    import shutil
+    freed = 0
+    for d in _checkpoint_dirs(trials):
+        if d.parent.parent.name not in keep:
+            freed += _size(d)
+            shutil.rmtree(d, ignore_errors=True)
+    return freed
 
 
 def run_sweep(opts: SweepOptions) -> dict:
