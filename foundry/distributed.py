@@ -168,6 +168,8 @@ _IMPL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str) -> dict:
     """Optimiser state keyed by parameter name (the same layout in every mode)."""
+    if mode == "none" and (state := _named_optimizer_state(model, optimizer)) is not None:
+        return state
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     return get_optimizer_state_dict(model, optimizer, options=_options(mode))
@@ -175,12 +177,50 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, mod
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, mode: str) -> None:
     """Load a name-keyed optimiser state saved in any mode; implementation flags (fused/foreach) stay this run's."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
     groups = [dict(g) for g in state["param_groups"]]
     for saved, current in zip(groups, optimizer.param_groups):
         for flag in _IMPL_FLAGS:
             if flag in current:
                 saved[flag] = current[flag]
-    set_optimizer_state_dict(model, optimizer, {"state": state["state"], "param_groups": groups},
-                             options=StateDictOptions(full_state_dict=True))
+    state = {"state": state["state"], "param_groups": groups}
+    if mode == "none" and _load_named_optimizer_state(model, optimizer, state):
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+# A single process (mode "none") needs no collective: the two functions below give torch.distributed.checkpoint's
+# name-keyed layout without importing it (and torch._dynamo through it: ~1 s of CPU at the first checkpoint of
+# every run and sweep worker). Each declines (None / False) where the layouts could differ, and torch's own
+# functions run instead: a parameter without state yet (torch's initialises it), or one the model does not name.
+def _param_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its first name (a tied parameter is named where it first appears, as torch does)."""
+    name: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        name.setdefault(id(p), n)
+    return name
+
+
+def _named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
+    name = _param_names(model)
+    order = [p for g in optimizer.param_groups for p in g["params"]]
+    if any(id(p) not in name or p not in optimizer.state for p in order):
+        return None
+    raw = optimizer.state_dict()
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name[id(order[i])] for i in g["params"]]}
+              for g in raw["param_groups"]]
+    return {"state": {name[id(order[i])]: st for i, st in raw["state"].items()}, "param_groups": groups}
+
+
+def _load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> bool:
+    name = _param_names(model)
+    order = [name.get(id(p)) for g in optimizer.param_groups for p in g["params"]]
+    index = {n: i for i, n in enumerate(order)}
+    saved = state["param_groups"]
+    if (None in order or len(saved) != len(optimizer.param_groups)
+            or any(n not in index for g in saved for n in g["params"]) or any(n not in index for n in state["state"])):
+        return False
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in saved]
+    optimizer.load_state_dict({"state": {index[n]: st for n, st in state["state"].items()}, "param_groups": groups})
+    return True

@@ -328,14 +328,15 @@ def test_eager_adamw_is_torchs_adamw_without_importing_dynamo(tmp_path):
 
 def test_named_optimizer_state_is_torchs_layout_and_round_trips(tmp_path):
     """A single-process run's checkpointed optimiser state (built without torch.distributed.checkpoint) is
-    exactly what distributed.full_optimizer_state gives (tied embedding included), and loading it back
-    gives the state distributed.load_optimizer_state gives."""
+    exactly what torch's get_optimizer_state_dict gives (tied embedding included), and loading it back
+    gives the state torch's set_optimizer_state_dict gives."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+
     from foundry import distributed as D
-    from foundry.config import ModelConfig
+    from foundry.config import ModelConfig, TrainingConfig
     from foundry.model import GPT
     from foundry.optim import build_optimizer
-    from foundry.config import TrainingConfig
-    from foundry.trainer.core import load_named_optimizer_state, named_optimizer_state
 
     def made():
         torch.manual_seed(0)
@@ -343,18 +344,19 @@ def test_named_optimizer_state_is_torchs_layout_and_round_trips(tmp_path):
         return m, build_optimizer(m, TrainingConfig(), "cpu")
 
     m, opt = made()
-    assert named_optimizer_state(m, opt) is None  # no state yet: torch's function would initialise it
+    assert D._named_optimizer_state(m, opt) is None  # no state yet: torch's function would initialise it
     x = torch.randint(0, 65, (2, 16), generator=torch.Generator().manual_seed(1))
     for _ in range(2):
         m(x, x)[0].backward()
         opt.step()
         opt.zero_grad()
-    mine, ref = named_optimizer_state(m, opt), D.full_optimizer_state(m, opt, "none")
+    mine = D.full_optimizer_state(m, opt, "none")
+    ref = get_optimizer_state_dict(m, opt, options=StateDictOptions(full_state_dict=True))
     assert list(mine["state"]) == list(ref["state"]) and mine["param_groups"] == ref["param_groups"]
     assert all(torch.equal(mine["state"][k][j], ref["state"][k][j]) for k in ref["state"] for j in ref["state"][k])
     loaded = []
-    for load in (lambda mm, oo: load_named_optimizer_state(mm, oo, mine),
-                 lambda mm, oo: D.load_optimizer_state(mm, oo, ref, "none")):
+    for load in (lambda mm, oo: D._load_named_optimizer_state(mm, oo, mine),
+                 lambda mm, oo: set_optimizer_state_dict(mm, oo, ref, options=StateDictOptions(full_state_dict=True))):
         m2, opt2 = made()
         assert load(m2, opt2) in (True, None)
         loaded.append(opt2.state_dict())

@@ -158,52 +158,6 @@ def build_run(cfg: ExperimentConfig, device: torch.device | str = "cpu", info: D
     return Run(cfg, data, objective, model, wrapped, step_model, optimizer, sampler, device, info, mode, n_params, ckpt, st)
 
 
-def _param_names(model: nn.Module) -> dict[int, str]:
-    """id(parameter) -> its first name (a tied parameter is named where it first appears, as torch does)."""
-    name: dict[int, str] = {}
-    for n, p in model.named_parameters():
-        name.setdefault(id(p), n)
-    return name
-
-
-def named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict | None:
-    """The optimiser state keyed by parameter name, exactly as distributed.full_optimizer_state (torch's
-    get_optimizer_state_dict) lays it out, for an unwrapped single-process model, without importing
-    torch.distributed.checkpoint (and torch._dynamo through it): ~1 s of CPU at the first checkpoint of
-    every process (each run, each sweep worker). None where the layouts could differ: a parameter without
-    state yet (torch's function initialises it), or a parameter the model does not name."""
-    name = _param_names(model)
-    order = [p for g in optimizer.param_groups for p in g["params"]]
-    if any(id(p) not in name or p not in optimizer.state for p in order):
-        return None
-    raw = optimizer.state_dict()
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name[id(order[i])] for i in g["params"]]}
-              for g in raw["param_groups"]]
-    return {"state": {name[id(order[i])]: st for i, st in raw["state"].items()}, "param_groups": groups}
-
-
-def load_named_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> bool:
-    """Load a name-keyed optimiser state into an unwrapped single-process model's optimiser as
-    distributed.load_optimizer_state does (this run's implementation flags kept), without importing
-    torch.distributed.checkpoint; False (nothing loaded) where a name or a group does not match."""
-    name = _param_names(model)
-    order = [name.get(id(p)) for g in optimizer.param_groups for p in g["params"]]
-    index = {n: i for i, n in enumerate(order)}
-    saved = state.get("param_groups", [])
-    if (None in order or len(saved) != len(optimizer.param_groups)
-            or any(n not in index for g in saved for n in g["params"]) or any(n not in index for n in state["state"])):
-        return False
-    groups = []
-    for g, current in zip(saved, optimizer.param_groups):
-        g = {**g, "params": [index[n] for n in g["params"]]}
-        for flag in D._IMPL_FLAGS:
-            if flag in current:
-                g[flag] = current[flag]
-        groups.append(g)
-    optimizer.load_state_dict({"state": {index[n]: st for n, st in state["state"].items()}, "param_groups": groups})
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
 # The training state: what a checkpoint holds besides the weights
 # --------------------------------------------------------------------------------------------------
@@ -222,8 +176,7 @@ class TrainState:
         st = run.resumed
         if st is None:
             return cls()
-        if run.mode != "none" or not load_named_optimizer_state(run.model, run.optimizer, st["optimizer"]):
-            D.load_optimizer_state(run.model, run.optimizer, st["optimizer"], run.mode)
+        D.load_optimizer_state(run.model, run.optimizer, st["optimizer"], run.mode)
         state = cls(st["iter"], st["best_val"])
         saved_world = len(st["sampler"])
         if saved_world == info.world_size:  # the exact continuation
@@ -249,8 +202,7 @@ class TrainState:
         """(state.pt contents on rank 0 / None elsewhere, full weights). Collective under FSDP and torchrun
         (weights and optimiser state gathered, every rank's RNG and sampler position collected)."""
         weights = run.objective.checkpoint_weights(run.model, D.full_model_state(run.model, run.mode))
-        optim_state = (named_optimizer_state(run.model, run.optimizer) if run.mode == "none" else None) \
-            or D.full_optimizer_state(run.model, run.optimizer, run.mode)
+        optim_state = D.full_optimizer_state(run.model, run.optimizer, run.mode)
         rng = {"rng_cpu": torch.get_rng_state(), "sampler": run.sampler.state_dict()}
         if run.device.type == "cuda":
             rng["rng_cuda"] = torch.cuda.get_rng_state(run.device)
