@@ -79,6 +79,24 @@ def test_prepared_char_set_trains_end_to_end(tmp_path):
     assert np.isfinite(summary["val_loss"]) and (tmp_path / "run" / "sample.txt").is_file()
 
 
+def test_kept_data_is_loaded_once_and_again_when_the_directory_changes(tmp_path, monkeypatch):
+    """After keep_loaded() (sweep workers) a repeat load of an unchanged prepared directory returns the data set
+    built before; a re-prepared directory (its files changed) is read again; without it every call reads."""
+    from foundry.data import dataset
+
+    f = _write(tmp_path / "in.txt", TEXT)
+    prep.prepare([f], "char", tmp_path / "ds", log=lambda *a: None, workers=1)
+    assert load_data(tmp_path / "ds") is not load_data(tmp_path / "ds")
+    monkeypatch.setattr(dataset, "_KEPT", None)
+    dataset.keep_loaded()
+    first = load_data(tmp_path / "ds")
+    assert load_data(tmp_path / "ds") is first and load_data(None) is load_data(None)
+    _write(tmp_path / "in.txt", TEXT + "\nmore text\n")
+    prep.prepare([tmp_path / "in.txt"], "char", tmp_path / "ds", log=lambda *a: None, workers=1, overwrite=True)
+    again = load_data(tmp_path / "ds")
+    assert again is not first and len(again.train) + len(again.val) > len(first.train) + len(first.val)
+
+
 def test_stream_decodes_to_the_input_and_documents_are_paragraphs(tmp_path):
     f = _write(tmp_path / "in.txt", TEXT)
     meta = prep.prepare([f], "bpe:300", tmp_path / "ds", log=lambda *a: None, workers=1, val_fraction=0.25)

@@ -44,8 +44,47 @@ def split_tokens(ids: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray
     return ids[:n], ids[n:]
 
 
+# Data sets kept loaded, by content key (keep_loaded: sweep workers, which run trial after trial on the same data)
+_KEPT: dict | None = None
+_KEPT_MAX = 4
+
+
+def keep_loaded() -> None:
+    """From now on load_data answers a repeat request for the same, unchanged data set with the TokenData it
+    built before (read-only memory maps and a tokenizer: nothing a trial mutates; samplers and evaluations
+    keep their own state) instead of mapping the files and reading the tokenizer again, or re-tokenizing the
+    embedded corpus (~0.07 s a trial). The last _KEPT_MAX sets stay."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = {}
+
+
+def _content_key(path) -> tuple | None:
+    """The embedded set, or a prepared directory's path with each file's size and modification time (a
+    re-prepared directory is read again); None where there is nothing to keep (load_data says why)."""
+    if path is None:
+        return ("embedded",)
+    d = Path(path).resolve()
+    try:
+        return (str(d),) + tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(d.iterdir())
+                                 if f.is_file())
+    except OSError:
+        return None
+
+
 def load_data(path: str | os.PathLike | None) -> TokenData:
-    """The embedded data set (path None) or a prepared directory."""
+    """The embedded data set (path None) or a prepared directory (kept loaded after keep_loaded())."""
+    key = _content_key(path) if _KEPT is not None else None
+    if key is None:
+        return _load(path)
+    if key not in _KEPT:
+        if len(_KEPT) >= _KEPT_MAX:
+            _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[key] = _load(path)
+    return _KEPT[key]
+
+
+def _load(path: str | os.PathLike | None) -> TokenData:
     if path is None:
         text = embedded.load_text()
         tok = CharTokenizer().fit(text)

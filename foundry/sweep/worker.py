@@ -33,45 +33,9 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     # import torch and the model code once per worker, before the first trial's clock starts
     import foundry.checkpoint, foundry.data.dataset, foundry.model, foundry.optim, foundry.train  # noqa: F401,E401
-    _load_data_once()
+    from foundry.data.dataset import keep_loaded
 
-
-def _data_key(path) -> tuple | None:
-    """What identifies a data set's contents for the worker's cache: the embedded set, or a prepared
-    directory's path with the size and modification time of each of its files (a re-prepared directory is
-    read again); None where there is nothing to cache (a missing directory: load_data says why)."""
-    if path is None:
-        return ("embedded",)
-    d = Path(path).resolve()
-    try:
-        return (str(d),) + tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(d.iterdir())
-                                 if f.is_file())
-    except OSError:
-        return None
-
-
-def _load_data_once() -> None:
-    """Prepared data loaded once per worker: foundry.data.dataset.load_data answers a trial's repeat request
-    for the same, unchanged data set with the TokenData it built for an earlier trial (read-only memory maps
-    and a tokenizer: nothing a trial mutates; the sampler and the evaluation keep their own state), instead
-    of mapping the files and reading the tokenizer again (or re-tokenizing the embedded corpus: ~0.07 s a
-    trial). Only in sweep workers."""
-    from foundry.data import dataset
-
-    load, cache = dataset.load_data, {}
-
-    def load_data(path):
-        key = _data_key(path)
-        if key is None:
-            return load(path)
-        if key not in cache:
-            if len(cache) >= 4:
-                cache.pop(next(iter(cache)))
-            cache[key] = load(path)
-        return cache[key]
-
-    load_data.__doc__ = load.__doc__
-    dataset.load_data = load_data
+    keep_loaded()  # trial after trial on the same data: loaded once per worker
 
 
 def eval_curve(metrics_path: Path) -> dict[int, float]:
