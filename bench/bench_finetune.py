@@ -2,6 +2,7 @@
 
     python bench/bench_finetune.py quality dpo --steps 40      # LoRA DPO on HH-RLHF: held-out preference accuracy
     python bench/bench_finetune.py quality sft --steps 40      # LoRA SFT on GSM8K: held-out SFT loss
+    python bench/bench_finetune.py report OUT/quality_dpo.json  # the DPO report of a stored run, recomputed
     python bench/bench_finetune.py speed --rounds 3            # LoRA r=16 vs full finetuning: tokens/s, peak memory
     python bench/bench_finetune.py dpo-ref --rounds 3          # DPO reference: adapters disabled vs a frozen copy
 
@@ -108,14 +109,15 @@ def quality(args) -> dict:
         if it + 1 in args.eval_at and args.kind == "dpo":  # the trend on the way (the decisive figure is the end's)
             mid = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
             rep = {"step": it + 1, "after": {k: v for k, v in mid.items() if k != "items"},
-                   "paired_after_vs_before": preference_report(before["items"], mid["items"])}
+                   "paired_after_vs_before": preference_report(before["items"], mid["items"],
+                                                               run.cfg.training.dpo.beta)}
             (tmp / f"quality_{args.kind}_step{it + 1}.json").write_text(json.dumps(rep, indent=2, default=str))
             print(json.dumps(rep, default=str), flush=True)
             run.model.train()
     after = run.objective.evaluate(run.model, run.data, dev, ctx, per_item=True)
     print("after:", {k: v for k, v in after.items() if k != "items"}, flush=True)
     if args.kind == "dpo":
-        cmp = preference_report(before["items"], after["items"])
+        cmp = preference_report(before["items"], after["items"], run.cfg.training.dpo.beta)
     else:
         cmp = compare_items(after["items"], before["items"], key="loss")
     res = {"kind": args.kind, "base": args.base, "steps": args.steps, "config": run.cfg.to_dict(),
@@ -130,7 +132,7 @@ def quality(args) -> dict:
     return res
 
 
-def preference_report(before: list[dict], after: list[dict]) -> dict:
+def preference_report(before: list[dict], after: list[dict], beta: float) -> dict:
     """Held-out preference quality after vs before training, pair by pair (the same pairs, ids = record lines):
       preference_accuracy     log p(chosen) > log p(rejected) (sums over the answer's tokens; a tie counts 1/2):
                               the issue's "preference accuracy"; McNemar on the flips, paired bootstrap of the mean
@@ -140,7 +142,8 @@ def preference_report(before: list[dict], after: list[dict]) -> dict:
                               paired-bootstrap 95% CI (and Student's t), and the share of pairs with d > 0 (the
                               implicit-reward accuracy, the reference being the starting model) against 0.5
     The first asks whether the model now ranks more held-out pairs right; the last whether it moved towards
-    the chosen answers at all, even where the ranking did not flip."""
+    the chosen answers at all, even where the ranking did not flip. `ranking` (ranking_diagnostics) says how far
+    the first could move at all."""
     from scipy import stats
 
     from foundry.eval.stats import compare_items, paired_bootstrap, wilson_interval
@@ -168,7 +171,47 @@ def preference_report(before: list[dict], after: list[dict]) -> dict:
                             "t_ci95": tuple(t.confidence_interval(0.95)), "t_p_value": t.pvalue,
                             "share_up": k / n, "share_up_wilson95": wilson_interval(k, n),
                             "share_up_binom_p": stats.binomtest(k, n, 0.5).pvalue}
+    res["ranking"] = ranking_diagnostics(before, after, beta)
     return res
+
+
+def ranking_diagnostics(before: list[dict], after: list[dict], beta: float) -> dict:
+    """Why the preference accuracy (the ranking) can or cannot move:
+      idealized_accuracy   the ranking accuracy of the DPO-optimal policy pi* = pi_ref exp(r / beta) / Z (Rafailov
+                           et al. 2023, eq. 4) on these pairs, if every chosen answer were preferred with
+                           probability p (Bradley-Terry: r_c - r_r = ln(p / (1 - p))): its margin is the starting
+                           model's plus ln(p / (1 - p)) / beta nats, so it ranks a pair right only where that shift
+                           outweighs the starting margin (the "idealized ranking accuracy" of Chen et al. 2024,
+                           "Preference learning algorithms do not learn preference rankings", arXiv 2405.19534) -
+                           what a perfectly fitted run would reach, not a short one
+      shorter_agrees       the share of pairs whose ranking (sum of log-probs) picks the shorter answer, before
+                           and after: how much of the ranking is answer length
+      chosen_shorter       the share of pairs whose chosen answer is the shorter (by tokens)
+      corr_margin_change_length   Pearson r between the margin change d and the length difference (tokens of
+                           chosen - rejected): negative = training moved pairs towards the shorter answer"""
+    import numpy as np
+
+    by_b = {r["id"]: r for r in before}
+    rows = [(by_b[r["id"]], r) for r in after if r["id"] in by_b]
+    m0 = np.array([b["logp_chosen"] - b["logp_rejected"] for b, _ in rows])
+    m1 = np.array([a["logp_chosen"] - a["logp_rejected"] for _, a in rows])
+    dlen = np.array([b["tokens_chosen"] - b["tokens_rejected"] for b, _ in rows], dtype=float)
+    shorter = np.sign(-dlen)  # +1: the chosen answer is the shorter
+    agree = lambda m: float(np.mean(np.sign(m)[dlen != 0] == shorter[dlen != 0]))  # noqa: E731
+    ideal = {f"p={p}": float(np.mean(m0 + np.log(p / (1 - p)) / beta > 0)) for p in (0.6, 0.7, 0.9)}
+    return {"beta": beta, "idealized_accuracy": ideal, "start_accuracy": float(np.mean(m0 > 0)),
+            "median_abs_start_margin": float(np.median(np.abs(m0))),
+            "median_abs_margin_change": float(np.median(np.abs(m1 - m0))),
+            "shorter_agrees": {"before": agree(m0), "after": agree(m1)},
+            "chosen_shorter": float(np.mean(dlen < 0)),
+            "corr_margin_change_length": float(np.corrcoef(m1 - m0, dlen)[0, 1])}
+
+
+def report(args) -> None:
+    """The DPO preference report of a stored `quality dpo` result (its per-pair items), recomputed."""
+    res = json.loads(Path(args.path).read_text())
+    beta = res["config"]["training"]["dpo"]["beta"]
+    print(json.dumps(preference_report(res["items"]["before"], res["items"]["after"], beta), indent=2, default=str))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +279,8 @@ def alternate(args, variants: list[tuple[str, str, dict]]) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
+    rep = sub.add_parser("report", help="recompute the DPO preference report of a stored quality_dpo.json")
+    rep.add_argument("path")
     for name in ("quality", "speed", "dpo-ref", "_measure"):
         s = sub.add_parser(name)
         if name == "quality":
@@ -255,7 +300,9 @@ def main(argv=None) -> int:
         s.add_argument("--rounds", type=int, default=3)
         s.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    if args.cmd == "quality":
+    if args.cmd == "report":
+        report(args)
+    elif args.cmd == "quality":
         quality(args)
     elif args.cmd == "_measure":
         measure(args)
