@@ -174,6 +174,22 @@ def test_mla_keeping_every_frequency_at_full_rank_reproduces_the_parent(select):
     torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-4, rtol=0)
 
 
+def test_mla_of_a_partial_rotary_parent_keeps_its_rotation_and_reproduces_it_at_full_rank():
+    """`attention mla` on a parent with rope.fraction 0.5 (4 of 8 channels rotated): the mutation keeps the
+    parent's rotation (rope_select 'high' over its 2 frequency pairs) instead of being refused, and keeping both
+    pairs at full rank reproduces the parent exactly."""
+    from foundry.mutate import apply_mutation
+    cfg = experiment(rope={"theta": 500.0, "fraction": 0.5})
+    child = apply_mutation(cfg, "attention", "mla")  # from scratch: a valid config
+    assert child.model_args.mla.rope_select == "high" and child.model_args.rope.fraction == 0.5
+    parent = parent_of(cfg)
+    s = operate(parent, cfg, "attention", "mla", overrides={"model_args.mla.kv_rank": 2 * (2 * 8 - 4),
+                                                            "model_args.mla.rope_head_dim": 4})
+    assert s.exact and s.details["rope_freqs"] == [[[0, 1], [0, 1]]] * 3
+    x = tokens()
+    torch.testing.assert_close(logits(s.model, x), logits(parent, x), atol=1e-4, rtol=0)
+
+
 def plant_pair_norms(attn, big_k: dict[int, list[int]], big_q: dict[int, list[int]], small_q: dict[int, list[int]]):
     """Scale the parent's q/k rows of chosen frequency pairs (channels i and i + hs/2): big_k[j] pairs of KV
     head j x10, big_q[h] pairs of query head h x10, small_q[h] x0.01 (so a large key alone is not enough)."""

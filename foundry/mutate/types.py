@@ -79,11 +79,15 @@ def attention(cfg, v):
     if v.startswith("gqa_") and v.endswith("kv"):
         n = integer(v[4:-2])          # n == n_head is MHA: the config hash says no-op
         return {"model_args.attention": "gqa", "model_args.n_kv_head": n}
-    if v == "mla":  # MLA shares K/V through its latent, not through KV heads
-        return {"model_args.attention": "mla", "model_args.n_kv_head": None}
-    if v.startswith("mla_"):
-        return {"model_args.attention": "mla", "model_args.n_kv_head": None,
-                "model_args.mla.kv_rank": integer(v[len("mla_"):])}
+    if v == "mla" or v.startswith("mla_"):  # MLA shares K/V through its latent, not through KV heads
+        over = {"model_args.attention": "mla", "model_args.n_kv_head": None}
+        if v != "mla":
+            over["model_args.mla.kv_rank"] = integer(v[len("mla_"):])
+        if m.position in ("rope", "hybrid") and m.rope.fraction < 1 and m.mla.rope_select is None:
+            # a partial-rotary parent: DeepSeek-V2's key frequencies theta^(-2i/rope_head_dim) would drop its
+            # rope.fraction; the RoPE keys turn at the highest of the parent's own rotated frequencies instead
+            over["model_args.mla.rope_select"] = "high"
+        return over
     if v.startswith("sliding_"):
         w = integer(v[len("sliding_"):])  # w >= block_size is global attention: a no-op by the hash
         return {"model_args.attention": "sliding_window", "model_args.sliding_window.window": w}
