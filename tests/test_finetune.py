@@ -135,6 +135,33 @@ def test_dpo_reference_modes_agree_at_the_start(files):
         assert ev["val_pref_acc"] == out[("copy", 0)]["val_pref_acc"]
 
 
+def test_dpo_evaluation_computes_the_held_out_reference_once(files):
+    """The reference is frozen: a second evaluation reuses the held-out pairs' reference log-probs (no reference
+    forward) and, after the policy moved, reports what recomputing them would."""
+    from contextlib import nullcontext
+
+    from foundry.trainer.objectives import OBJECTIVES
+    cfg = finetune_config(files["base"], files["pairs"], files["dir"] / "z", **{
+        "training.objective": "dpo", "lora.rank": 4})
+    obj = OBJECTIVES.get("dpo")(cfg)
+    obj.cfg = cfg = obj.prepare(cfg)
+    data = obj.load_data(cfg)
+    model = obj.build_model(cfg)
+    obj.attach(model, "cpu")
+    calls, ref_logps = [], obj.ref_logps
+    obj.ref_logps = lambda x, y: calls.append(1) or ref_logps(x, y)
+    obj.evaluate(model, data, "cpu", nullcontext())
+    first = len(calls)
+    with torch.no_grad():  # move the policy off its reference: B of every adapter away from zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    again = obj.evaluate(model, data, "cpu", nullcontext())
+    assert first > 0 and len(calls) == first          # nothing recomputed the second time
+    obj._val_ref = None                                  # forget the cache: the same figures, recomputed
+    assert obj.evaluate(model, data, "cpu", nullcontext()) == again and again["val_margin"] != 0
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad input, before any model is built
 # --------------------------------------------------------------------------------------------------

@@ -746,18 +746,19 @@ class DirectPreference(FinetuneObjective):
                 self.policy.train(was)
                 return out
 
-    def pair_stats(self, model, batch) -> dict:
+    def pair_stats(self, model, batch, ref: torch.Tensor | None = None) -> dict:
+        """Per pair: the loss and TRL's logged quantities. `ref`: the batch's reference log-probs, if known."""
         x, y = batch
         B = x.shape[0] // 2
         pi = sequence_logps(model, x, y)
-        ref = self.ref_logps(x, y)
+        ref = self.ref_logps(x, y) if ref is None else ref
         d = self.cfg.training.dpo
         losses = dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], d.beta, d.loss_type, d.label_smoothing)
         chosen_r, rejected_r = d.beta * (pi[:B] - ref[:B]).detach(), d.beta * (pi[B:] - ref[B:]).detach()
         return {"losses": losses, "rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
                 "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
                 "logps/chosen": pi[:B].detach(), "logps/rejected": pi[B:].detach(),
-                "pref": (pi[:B] > pi[B:]).float() + 0.5 * (pi[:B] == pi[B:]).float()}
+                "pref": (pi[:B] > pi[B:]).float() + 0.5 * (pi[:B] == pi[B:]).float(), "ref": ref}
 
     def loss(self, model: nn.Module, batch):
         st = self.pair_stats(model, batch)
@@ -769,13 +770,20 @@ class DirectPreference(FinetuneObjective):
         was = model.training
         model.eval()
         B = self.cfg.training.batch_size
+        # the reference is frozen and the held-out pairs fixed: their reference log-probs are computed at the
+        # first evaluation only (a third of each later evaluation's forward passes)
+        cache = getattr(self, "_val_ref", None)
+        if cache is None or cache[0] is not data.val or cache[1] != B:
+            cache = self._val_ref = (data.val, B, {})
+        refs = cache[2]
         acc = {"losses": [], "pref": [], "rewards/accuracies": [], "rewards/margins": [], "logps/chosen": [],
                "logps/rejected": [], "tokens/chosen": [], "tokens/rejected": []}
         with torch.no_grad():
             for i in range(0, len(data.val), B):
                 batch = self.to_device(self.collate(data.val, list(range(i, min(i + B, len(data.val))))), device)
                 with ctx:
-                    st = self.pair_stats(model, batch)
+                    st = self.pair_stats(model, batch, refs.get(i))
+                refs[i] = st["ref"]
                 n_tok = (batch[1] != -1).sum(-1)
                 st["tokens/chosen"], st["tokens/rejected"] = n_tok[:len(n_tok) // 2], n_tok[len(n_tok) // 2:]
                 for k in acc:
