@@ -55,13 +55,13 @@ def test_a_missing_extra_names_its_install_command(monkeypatch, tmp_path):
     from foundry.config import ConfigError, ExperimentConfig
     from foundry.sweep.executors import RayExecutor, SubmititExecutor
     from foundry.sweep.report import _plots
-    from foundry.sweep.search import run_tpe
+    from foundry.sweep.search import run_search
     from foundry.train import ExtraLoggers
 
     block(monkeypatch, "ray", "submitit", "optuna", "matplotlib", "torch.utils.tensorboard", "wandb")
     for call, extra in ((lambda: RayExecutor(1, 1), "ray"),
                         (lambda: SubmititExecutor(1, tmp_path, "local", 1, 1), "submitit"),
-                        (lambda: run_tpe(None), "search")):
+                        (lambda: run_search(None), "search")):
         with pytest.raises(RuntimeError, match=re.escape(f"pip install 'foundry[{extra}]'")):
             call()
     assert "pip install 'foundry[plot]'" in _plots(tmp_path, {}, [], {})[1]

@@ -1,4 +1,4 @@
-"""--search tpe (Optuna) over a numeric range, resumed without re-running its trials; --adaptive seeds end to
+"""--search tpe and gp (Optuna) over a numeric range, resumed without re-running its trials; --adaptive seeds end to
 end on a planted sweep; a capability gain's per-item, per-seed samples read from the eval's item files."""
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from tests.test_sweep import tiny_base
 
 @pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="optuna not installed (pip install "
                                                                        "'foundry[search]')")
-def test_tpe_search_trains_trials_in_range_and_resumes(tmp_path):
+@pytest.mark.parametrize("sampler", ["tpe", "gp"])
+def test_search_trains_trials_in_range_and_resumes(tmp_path, sampler):
     opts = dict(type="lr", variants=["x3", "x30"], base=str(tiny_base(tmp_path)), seeds=2, jobs=2,
-                out=str(tmp_path / "sw"), store=str(tmp_path / "s.sqlite"), search="tpe", trials=3,
+                out=str(tmp_path / "sw"), store=str(tmp_path / "s.sqlite"), search=sampler, trials=3,
                 budget="tokens=5120", quiet=True)
     res = run_sweep(SweepOptions(**opts))
     state = json.loads((tmp_path / "sw" / "sweep.json").read_text())

@@ -299,9 +299,11 @@ def test_plan_budget_and_rungs(tmp_path):
 def test_bad_options_are_refused_with_the_fix():
     for kw, msg in ((dict(seeds=0), "--seeds"), (dict(confirm_seeds=1), "--confirm-seeds"),
                     (dict(min_effect=-0.1), "--min-effect"), (dict(alpha=0.7), "--alpha"),
-                    (dict(search="tpe", variants=["x2"]), "LOW HIGH")):
+                    (dict(search="tpe", variants=["x2"]), "LOW HIGH"), (dict(search="cma"), "grid, tpe or gp"),
+                    (dict(seeds=1, promote=True), "--min-effect M")):
         with pytest.raises(SweepError, match=msg):
             PlanOptions(**{"type": "lr", "variants": ["x2"], **kw}).check()
+    PlanOptions(type="lr", variants=["x2"], seeds=1, promote=True, min_effect=0.02).check()  # a margin given
 
 
 def test_bad_input_is_refused_before_training(tmp_path):

@@ -80,11 +80,12 @@ def _decision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-effect", type=float, default=None, metavar="M",
                    help="the margin: smallest gain worth promoting, in the ranking metric's units (default: the "
                         "seed-to-seed SD on the screening seeds, pooled over the candidates)")
-    p.add_argument("--search", default="grid", choices=("grid", "tpe"),
-                   help="grid: the variants as given (default); tpe: Optuna's TPE over the numeric range given "
-                        "as two variants LOW HIGH (lr, warmup, weight_decay, batch_size, ...)")
+    p.add_argument("--search", default="grid", choices=("grid", "tpe", "gp"),
+                   help="grid: the variants as given (default); tpe: Optuna's TPE, gp: Gaussian-process "
+                        "Bayesian optimisation (Optuna's GPSampler), over the numeric range given as two variants "
+                        "LOW HIGH (lr, warmup, weight_decay, batch_size, ...)")
     p.add_argument("--trials", type=int, default=8, metavar="N",
-                   help="--search tpe: trials (default 8); the first third are an even cover of the range. With "
+                   help="--search tpe/gp: trials (default 8); the first third are an even cover of the range. With "
                         "--halving each trial is scored at the first rung and only the best 1/eta train to the "
                         "full budget (8 trials at --eta 4 cost 3.5 full trials)")
     p.add_argument("--executor", default="local", choices=("local", "ray", "submitit"),

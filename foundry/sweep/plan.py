@@ -48,8 +48,8 @@ class SweepOptions:
     rungs: int = 2
     alpha: float = 0.05
     min_effect: float | None = None      # None: the pooled seed-to-seed SD
-    search: str = "grid"                 # grid (the variants as given) | tpe (Optuna over a numeric range)
-    trials: int = 8                      # --search tpe: how many trials
+    search: str = "grid"                 # grid (the variants as given) | tpe | gp (Optuna over a numeric range)
+    trials: int = 8                      # --search tpe/gp: how many trials
     executor: str = "local"
     cluster: str | None = None
     threads: int | None = None
@@ -75,6 +75,10 @@ class SweepOptions:
             raise SweepError(f"--jobs {self.jobs}: must be >= 1")
         if self.seeds < 1:
             raise SweepError(f"--seeds {self.seeds}: must be >= 1 (promotion needs >= 2 to estimate seed noise)")
+        if self.seeds < 2 and self.promote and self.min_effect is None:  # the margin would be NaN: never promoted
+            raise SweepError("--seeds 1 --promote: one screening seed cannot estimate the margin (the seed-to-seed "
+                             "SD a rerun shows); give the smallest gain worth promoting with --min-effect M, or "
+                             "--seeds >= 2")
         if self.confirm_seeds is not None and self.confirm_seeds < 2:
             raise SweepError(f"--confirm-seeds {self.confirm_seeds}: must be >= 2 (a t-test on one seed has no "
                              f"noise estimate)")
@@ -86,15 +90,15 @@ class SweepOptions:
             raise SweepError(f"--alpha {self.alpha}: must be in (0, 0.5)")
         if self.min_effect is not None and self.min_effect < 0:
             raise SweepError(f"--min-effect {self.min_effect}: must be >= 0 (a gain in the ranking metric)")
-        if self.search not in ("grid", "tpe"):
-            raise SweepError(f"--search {self.search!r}: choose grid or tpe")
-        if self.search == "tpe" and (len(self.variants) != 2 or self.trials < 2):
-            raise SweepError("--search tpe takes the range as two variants, LOW HIGH (e.g. lr x0.1 x10), "
-                             "and --trials >= 2")
+        if self.search not in ("grid", "tpe", "gp"):
+            raise SweepError(f"--search {self.search!r}: choose grid, tpe or gp")
+        if self.search != "grid" and (len(self.variants) != 2 or self.trials < 2):
+            raise SweepError(f"--search {self.search} takes the range as two variants, LOW HIGH (e.g. lr x0.1 "
+                             "x10), and --trials >= 2")
 
     def rule(self):
         from foundry.sweep.decision import Rule
-        mutants = self.trials if self.search == "tpe" else len(self.variants)
+        mutants = self.trials if self.search != "grid" else len(self.variants)
         keep = []
         for _ in range(self.rungs - 1 if self.halving else 0):  # as the runner keeps: ceil(alive / eta)
             keep.append(max(1, math.ceil((keep[-1] if keep else mutants) / self.eta)))

@@ -47,7 +47,7 @@ def write_report(out: Path, state: dict, summary: dict, curves: dict) -> list[Pa
     ident = state["identity"]
     halving = f"eta {ident['eta']}, {ident['rungs']} rungs" if ident["halving"] else "off"
     lines = [f"# Sweep report: {ident['type']} {' '.join(ident['variants'])}"
-             + (f" (--search {ident['search']}, {ident['trials']} trials)" if ident.get("search") == "tpe" else ""),
+             + (f" (--search {ident['search']}, {ident['trials']} trials)" if ident.get("search", "grid") != "grid" else ""),
              "", f"- base: `{state['base_path']}` (config {state['base_hash']})",
              f"- seeds: {ident['seeds']} screening{' (adaptive, from 2)' if ident['adaptive'] else ''} + "
              f"{dec['noise']['confirm_seeds']} fresh confirmation seeds (paired: the same seeds and data order for "

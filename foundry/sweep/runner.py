@@ -74,7 +74,7 @@ class Sweep:
         if (self.out / "sweep.json").is_file():
             return self._resume_state(base_path)
         self.base = load_experiment(base_path, opts.overrides)
-        self.cands = plan_candidates(self.base, str(base_path), opts, [] if opts.search == "tpe" else None)
+        self.cands = plan_candidates(self.base, str(base_path), opts, [] if opts.search != "grid" else None)
         iters, text = resolve_iters(self.cands, self.base, parse_budget(opts.budget), self.threads)
         state = {"identity": opts.identity(), "sweep_id": self.sweep_id, "base_path": str(base_path),
                  "base_hash": self.base.hash(), "iters": iters, "budget_text": text, "promoted": None,
@@ -98,7 +98,7 @@ class Sweep:
             raise SweepError(f"{self.out} was started from another base ({state['base_path']} as it was then, "
                              f"snapshot in {self.out / 'base.yaml'}); choose another --out for a sweep from "
                              f"{now_path}")
-        variants = [t["variant"] for t in state.get("search", [])] if opts.search == "tpe" else None
+        variants = [t["variant"] for t in state.get("search", [])] if opts.search != "grid" else None
         self.cands = plan_candidates(self.base, state["base_path"], opts, variants)
         self.say(f"resuming sweep {self.sweep_id} in {self.out}")
         return state
@@ -130,9 +130,9 @@ class Sweep:
         for c in self.cands:
             if c.cfg is None:
                 self.say(f"{c.label}: {c.error} (not trained)")
-        if self.opts.search == "tpe":
-            from foundry.sweep.search import run_tpe
-            run_tpe(self)
+        if self.opts.search != "grid":
+            from foundry.sweep.search import run_search
+            run_search(self)
         live = [c for c in self.cands if c.cfg is not None]
         o = self.opts
         self.say(f"sweep {self.sweep_id}: {len(live)} candidates x {o.seeds} screening seeds (+ "

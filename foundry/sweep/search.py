@@ -1,6 +1,14 @@
-"""`--search tpe`: Optuna's tree-structured Parzen estimator over one numeric mutation type.
+"""`--search tpe | gp`: a model-based search over one numeric mutation type, through Optuna.
 
     python -m foundry.cli.sweep lr x0.3 x30 --search tpe --trials 8 --seeds 3
+    python -m foundry.cli.sweep lr x0.01 x100 --search gp --trials 8 --seeds 1 --min-effect 0.02
+
+Samplers (SAMPLERS): `tpe`, the tree-structured Parzen estimator (Bergstra et al. 2011; Optuna's
+TPESampler), and `gp`, Gaussian-process Bayesian optimisation with a noisy objective (Optuna's GPSampler:
+a Matern-5/2 kernel and log expected improvement). With few trials over one smooth dimension - a learning
+rate over a range of decades - the GP interpolates between the trials and refines the optimum where TPE,
+whose good/bad split is one or two trials at 8, still spends trials on the range's ends
+(`python bench/bench_promotion.py real --only tpe` measures both against a 4-point grid).
 
 The two variants are the range (resolved against the base, so `x0.3 x30` is relative to its learning rate).
 Each trial is an ordinary mutant (`lr 0.00123`): trained under the same budget on the same paired screening
@@ -10,7 +18,7 @@ confirmation on fresh seeds can promote it, so the search's many looks at the sc
 false promotions. Compute: trials x seeds runs at the full budget, as a grid of as many variants.
 
 Start: the first max(2, trials/3) values are a centred grid on the (log) range - quantiles 1/2n, 3/2n, ... -
-instead of random draws, so the model starts from an even cover of the range; TPE proposes the rest.
+instead of random draws, so the model starts from an even cover of the range; the sampler proposes the rest.
 
 With --halving (multi-fidelity): each trial is trained only to the first rung (budget / eta^(rungs-1), on the
 same paired screening seeds, on the full-budget schedule) and scored there, so a budget buys about eta times
@@ -61,14 +69,14 @@ def search_range(sweep) -> tuple[Space, float, float]:
     from foundry.mutate import MutationError
     o = sweep.opts
     if o.type not in SPACES:
-        raise SweepError(f"--search tpe searches a numeric type; {o.type!r} is not one of {', '.join(SPACES)}")
+        raise SweepError(f"--search {o.search} searches a numeric type; {o.type!r} is not one of {', '.join(SPACES)}")
     space = SPACES[o.type]
     try:
         lo, hi = sorted(_bound(sweep.base, o.type, v, space.key) for v in o.variants)
     except MutationError as e:
-        raise SweepError(f"--search tpe range {' '.join(o.variants)}: {e}") from None
+        raise SweepError(f"--search {o.search} range {' '.join(o.variants)}: {e}") from None
     if not hi > lo or (space.log and lo <= 0):
-        raise SweepError(f"--search tpe range {lo:g} .. {hi:g}: needs LOW < HIGH" +
+        raise SweepError(f"--search {o.search} range {lo:g} .. {hi:g}: needs LOW < HIGH" +
                          (" and LOW > 0 (searched on a log scale)" if space.log else ""))
     return space, lo, hi
 
@@ -86,22 +94,35 @@ def _variant(space: Space, x: float) -> str:
     return str(int(round(x))) if space.integer else f"{x:.4g}"
 
 
-def run_tpe(sweep) -> None:
+SAMPLERS = ("tpe", "gp")
+
+
+def make_sampler(optuna, name: str, n_startup: int):
+    """The Optuna sampler of --search NAME, seeded (a resumed search proposes what the first run would)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=0, n_startup_trials=n_startup)
+    if name == "gp":  # noisy objective: seed-to-seed noise is part of every trial's score
+        return optuna.samplers.GPSampler(seed=0, n_startup_trials=n_startup, deterministic_objective=False)
+    raise SweepError(f"--search {name!r}: choose grid or one of {', '.join(SAMPLERS)}")
+
+
+def run_search(sweep) -> None:
     """Ask, train on the screening seeds, tell, until --trials are done; appends each trial to sweep.cands."""
     try:
         import optuna
     except ImportError:
-        raise RuntimeError("--search tpe needs optuna: pip install 'foundry[search]'") from None
+        raise RuntimeError("--search tpe / gp needs optuna: pip install 'foundry[search]'") from None
     from optuna.distributions import FloatDistribution, IntDistribution
     from optuna.trial import TrialState
     FAIL = TrialState.FAIL
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR: the GP sampler warns on every ask that it optimises its acquisition without greenlet
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     o = sweep.opts
     space, lo, hi = search_range(sweep)
     dist = (IntDistribution(int(lo), int(hi), log=space.log) if space.integer else
             FloatDistribution(lo, hi, log=space.log))
     start = startup_values(space, lo, hi, max(2, round(o.trials / 3)))
-    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=len(start))
+    sampler = make_sampler(optuna, o.search, len(start))
     study = optuna.create_study(direction="maximize", sampler=sampler)
     entries = sweep.state.setdefault("search", [])
     _train(sweep, [e["label"] for e in entries])  # recorded trials (a resume): finish any left mid-way
@@ -121,7 +142,7 @@ def run_tpe(sweep) -> None:
             g = _gain(sweep, lab)
             study.tell(t, g) if math.isfinite(g) else study.tell(t, state=FAIL)
         best = max(entries, key=lambda e: _gain(sweep, e["label"]))
-        sweep.say(f"tpe: {len(entries)}/{o.trials} trials; best so far {best['label']} "
+        sweep.say(f"{o.search}: {len(entries)}/{o.trials} trials; best so far {best['label']} "
                   f"(gain {_gain(sweep, best['label']):+.4f} {where})")
 
 
