@@ -2,6 +2,7 @@
 non-finite loss, gradient accumulation, loggers and the command line."""
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,12 @@ def test_tensorboard_and_wandb_mirror_the_metrics(data_dir, tmp_path, monkeypatc
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), key
     runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, "W&B did not write exactly one offline run"
-    blob = runs[0].read_bytes()
+    # wandb's finish() returns before its separate wandb-core process has flushed the run file (seen under a
+    # loaded machine: only the file's 7-byte header at first, the whole run a moment later)
+    deadline = time.monotonic() + 30
+    while not (b"val_bpb" in (blob := runs[0].read_bytes()) and b"tokens_per_sec" in blob) and \
+            time.monotonic() < deadline:
+        time.sleep(0.2)
     assert b"val_bpb" in blob and b"tokens_per_sec" in blob
 
 
