@@ -190,9 +190,9 @@ def test_cli_on_saved_run_and_compare(tmp_path, capsys):
         model, tok = tiny_char_model(seed=seed)
         runs.append(save_run(tmp_path / f"run{seed}", model, tok))
     for r in runs:
-        assert eval_main([str(r), "--tasks", "principles", "--option", "principles.normalize=mean"]) == 0
+        assert eval_main([str(r), "--tasks", "principles", "--option", "principles.normalize=sum"]) == 0
     out = capsys.readouterr().out
-    assert "principles (v1): acc = " in out and "chance 0.5000" in out
+    assert "principles (v2): acc = " in out and "chance 0.5000" in out
     a, b = (r / "eval" / "principles.jsonl" for r in runs)
     assert eval_main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
