@@ -728,6 +728,7 @@ class DirectPreference(FinetuneObjective):
         import copy
 
         self.policy, self.ref = model, None
+        self._val_ref = None  # (held-out pairs, batch size, {batch start: reference log-probs}), see evaluate
         if self.reference_mode() == "copy":
             self.ref = copy.deepcopy(model).eval()
             for p in self.ref.parameters():
@@ -772,7 +773,7 @@ class DirectPreference(FinetuneObjective):
         B = self.cfg.training.batch_size
         # the reference is frozen and the held-out pairs fixed: their reference log-probs are computed at the
         # first evaluation only (a third of each later evaluation's forward passes)
-        cache = getattr(self, "_val_ref", None)
+        cache = self._val_ref
         if cache is None or cache[0] is not data.val or cache[1] != B:
             cache = self._val_ref = (data.val, B, {})
         refs = cache[2]
