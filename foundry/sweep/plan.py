@@ -25,6 +25,9 @@ class SweepError(ValueError):
     """A sweep that cannot start; the message says why and what to do."""
 
 
+SEARCHES = ("grid", "tpe", "gp")  # grid: the variants as given; the others: Optuna samplers (sweep/search.py)
+
+
 @dataclass
 class SweepOptions:
     type: str
@@ -90,8 +93,8 @@ class SweepOptions:
             raise SweepError(f"--alpha {self.alpha}: must be in (0, 0.5)")
         if self.min_effect is not None and self.min_effect < 0:
             raise SweepError(f"--min-effect {self.min_effect}: must be >= 0 (a gain in the ranking metric)")
-        if self.search not in ("grid", "tpe", "gp"):
-            raise SweepError(f"--search {self.search!r}: choose grid, tpe or gp")
+        if self.search not in SEARCHES:
+            raise SweepError(f"--search {self.search!r}: choose {', '.join(SEARCHES[:-1])} or {SEARCHES[-1]}")
         if self.search != "grid" and (len(self.variants) != 2 or self.trials < 2):
             raise SweepError(f"--search {self.search} takes the range as two variants, LOW HIGH (e.g. lr x0.1 "
                              "x10), and --trials >= 2")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from foundry.sweep.plan import SweepError, budget_of, iters_for, mutant, parse_budget, rung_iters
+from foundry.sweep.plan import SEARCHES, SweepError, budget_of, iters_for, mutant, parse_budget, rung_iters
 from foundry.sweep.results import ranking_metric, samples
 
 
@@ -94,7 +94,7 @@ def _variant(space: Space, x: float) -> str:
     return str(int(round(x))) if space.integer else f"{x:.4g}"
 
 
-SAMPLERS = ("tpe", "gp")
+SAMPLERS = SEARCHES[1:]  # what make_sampler builds
 
 
 def make_sampler(optuna, name: str, n_startup: int):
