@@ -385,17 +385,21 @@ class ModelConfig(_Frozen):
 class DPOConfig:
     """Direct preference optimisation (Rafailov et al. 2023) against a frozen reference. loss_type: `sigmoid`
     (DPO), `ipo` (Azar et al. 2023), `hinge` (SLiC, Zhao et al. 2023), `robust` (Chowdhury et al. 2024, with
-    `label_smoothing` the assumed rate of flipped labels). reference: `adapters_off` (the same network with its
-    LoRA adapters disabled: no second copy), `copy` (a frozen copy of the starting weights), `auto` (the first
-    under LoRA, else the second)."""
+    `label_smoothing` the assumed rate of flipped labels). `rpo_alpha` > 0 adds that weight times the chosen
+    answer's per-token negative log-likelihood to every pair's loss (RPO, Pang et al. 2024, eq. 1; TRL's
+    `rpo_alpha`): it keeps DPO from lowering log p(chosen) along with log p(rejected). reference: `adapters_off`
+    (the same network with its LoRA adapters disabled: no second copy), `copy` (a frozen copy of the starting
+    weights), `auto` (the first under LoRA, else the second)."""
     beta: float = 0.1
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     label_smoothing: float = 0.0
+    rpo_alpha: float = 0.0
     reference: Literal["auto", "adapters_off", "copy"] = "auto"
 
     def check(self, p: str) -> None:
         _require(self.beta > 0, p + ".beta", "must be > 0")
         _require(0 <= self.label_smoothing < 0.5, p + ".label_smoothing", "must be in [0, 0.5)")
+        _require(self.rpo_alpha >= 0, p + ".rpo_alpha", "must be >= 0 (0 is the plain preference loss)")
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,36 @@ def test_dpo_evaluation_computes_the_held_out_reference_once(files):
 
 # --------------------------------------------------------------------------------------------------
 # Bad input, before any model is built
+
+def test_rpo_adds_alpha_times_the_chosen_answers_per_token_nll(files):
+    """rpo_alpha: each pair's loss is its DPO loss plus alpha times the mean cross-entropy over the chosen answer's
+    tokens, computed here from the logits by hand (Pang et al. 2024, eq. 1)."""
+    from foundry.trainer.objectives import OBJECTIVES
+    cfg = finetune_config(files["base"], files["pairs"], files["dir"] / "rpo", **{
+        "training.objective": "dpo", "lora.rank": 4, "training.dpo.rpo_alpha": 0.5})
+    obj = OBJECTIVES.get("dpo")(cfg)
+    obj.cfg = cfg = obj.prepare(cfg)
+    data = obj.load_data(cfg)
+    model = obj.build_model(cfg)
+    obj.attach(model, "cpu")
+    with torch.no_grad():  # policy != reference, so the DPO part is not the constant log 2
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.05)
+    x, y = obj.collate(data.train, [0, 1, 2])
+    with torch.no_grad():
+        st = obj.pair_stats(model, (x, y))
+        logp = torch.log_softmax(model(x).double(), -1)
+    nll = []
+    for row in range(3):  # the chosen sequences are the batch's first half
+        ids = [(t, int(y[row, t])) for t in range(y.shape[1]) if y[row, t] != -1]
+        nll.append(-sum(float(logp[row, t, v]) for t, v in ids) / len(ids))
+    ref = st["ref"]
+    plain = dpo_loss(st["logps/chosen"], st["logps/rejected"], ref[:3], ref[3:], cfg.training.dpo.beta)
+    assert float(plain.std()) > 0
+    torch.testing.assert_close(st["nll/chosen"].double(), torch.tensor(nll, dtype=torch.float64), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(st["losses"].double(), (plain + 0.5 * torch.tensor(nll)).double(), rtol=1e-4, atol=1e-5)
+
 # --------------------------------------------------------------------------------------------------
 def test_finetuning_without_a_trained_base_names_the_command(files, tmp_path):
     from foundry.config import ExperimentConfig

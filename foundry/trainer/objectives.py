@@ -755,8 +755,13 @@ class DirectPreference(FinetuneObjective):
         ref = self.ref_logps(x, y) if ref is None else ref
         d = self.cfg.training.dpo
         losses = dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], d.beta, d.loss_type, d.label_smoothing)
+        # RPO's term: the chosen answer's negative log-likelihood per answer token (B,), Pang et al. 2024 eq. 1
+        nll = -pi[:B] / (y[:B] != -1).sum(-1).clamp_min(1)
+        if d.rpo_alpha:
+            losses = losses + d.rpo_alpha * nll
         chosen_r, rejected_r = d.beta * (pi[:B] - ref[:B]).detach(), d.beta * (pi[B:] - ref[B:]).detach()
-        return {"losses": losses, "rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
+        return {"losses": losses, "nll/chosen": nll.detach(), "rewards/chosen": chosen_r,
+                "rewards/rejected": rejected_r,
                 "rewards/accuracies": (chosen_r > rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
                 "logps/chosen": pi[:B].detach(), "logps/rejected": pi[B:].detach(),
                 "pref": (pi[:B] > pi[B:]).float() + 0.5 * (pi[:B] == pi[B:]).float(), "ref": ref}
