@@ -188,8 +188,15 @@ def ranking_diagnostics(before: list[dict], after: list[dict], beta: float) -> d
                            and after: how much of the ranking is answer length
       chosen_shorter       the share of pairs whose chosen answer is the shorter (by tokens)
       corr_margin_change_length   Pearson r between the margin change d and the length difference (tokens of
-                           chosen - rejected): negative = training moved pairs towards the shorter answer"""
+                           chosen - rejected): negative = training moved pairs towards the shorter answer
+      by_length            the share of pairs with d > 0 among those whose chosen answer is longer, shorter, as
+                           long: a training run that only learned "shorter is better" moves the first group
+                           down and the second up
+      beyond_length        d regressed on the length difference (least squares): the intercept, with its 95% CI,
+                           is the margin change of a pair whose answers are equally long - what training moved
+                           towards the chosen answers other than by their length"""
     import numpy as np
+    from scipy import stats
 
     by_b = {r["id"]: r for r in before}
     rows = [(by_b[r["id"]], r) for r in after if r["id"] in by_b]
@@ -204,7 +211,20 @@ def ranking_diagnostics(before: list[dict], after: list[dict], beta: float) -> d
             "median_abs_margin_change": float(np.median(np.abs(m1 - m0))),
             "shorter_agrees": {"before": agree(m0), "after": agree(m1)},
             "chosen_shorter": float(np.mean(dlen < 0)),
-            "corr_margin_change_length": float(np.corrcoef(m1 - m0, dlen)[0, 1])}
+            "corr_margin_change_length": float(np.corrcoef(m1 - m0, dlen)[0, 1]),
+            "by_length": {k: {"pairs": int(sel.sum()), "share_up": float(np.mean((m1 - m0)[sel] > 0)) if sel.any()
+                              else None}
+                          for k, sel in (("chosen_longer", dlen > 0), ("chosen_shorter", dlen < 0),
+                                         ("same_length", dlen == 0))},
+            "beyond_length": _intercept(dlen, m1 - m0, stats)}
+
+
+def _intercept(x, y, stats) -> dict:
+    """y = a + b x by least squares: a with its 95% t interval (n - 2 degrees of freedom), b, and r."""
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, len(x) - 2) * fit.intercept_stderr
+    return {"intercept": float(fit.intercept), "intercept_ci95": (float(fit.intercept - half),
+            float(fit.intercept + half)), "slope_per_token": float(fit.slope), "r": float(fit.rvalue)}
 
 
 def report(args) -> None:
