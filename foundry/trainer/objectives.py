@@ -543,7 +543,8 @@ class SupervisedFinetuning(FinetuneObjective):
 # --------------------------------------------------------------------------------------------------
 def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float, loss_type: str = "sigmoid",
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, rpo_alpha: float = 0.0,
+             chosen_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair preference losses from sequence log-probabilities (B,) of the policy and the reference.
 
     h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)), the log-ratio margin:
@@ -553,19 +554,24 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
                                                                 (Chowdhury et al. 2024, eq. 9)
         hinge    max(0, 1 - beta h)                              SLiC-HF (Zhao et al. 2023)
         ipo      (h - 1 / (2 beta))^2                            IPO (Azar et al. 2023, eq. 17)
+    rpo_alpha > 0 adds rpo_alpha * -log pi(y_w) / |y_w| (chosen_tokens: |y_w|, (B,)), RPO (Pang et al. 2024, eq. 1).
     """
     F = torch.nn.functional
     h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
     e = label_smoothing
     if loss_type == "sigmoid":
-        return -(1 - e) * F.logsigmoid(beta * h) - e * F.logsigmoid(-beta * h)
-    if loss_type == "robust":
-        return (-(1 - e) * F.logsigmoid(beta * h) + e * F.logsigmoid(-beta * h)) / (1 - 2 * e)
-    if loss_type == "hinge":
-        return torch.relu(1 - beta * h)
-    if loss_type == "ipo":
-        return (h - 1 / (2 * beta)) ** 2
-    raise ValueError(f"training.dpo.loss_type {loss_type!r}: use sigmoid, ipo, hinge or robust")
+        loss = -(1 - e) * F.logsigmoid(beta * h) - e * F.logsigmoid(-beta * h)
+    elif loss_type == "robust":
+        loss = (-(1 - e) * F.logsigmoid(beta * h) + e * F.logsigmoid(-beta * h)) / (1 - 2 * e)
+    elif loss_type == "hinge":
+        loss = torch.relu(1 - beta * h)
+    elif loss_type == "ipo":
+        loss = (h - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"training.dpo.loss_type {loss_type!r}: use sigmoid, ipo, hinge or robust")
+    if rpo_alpha:
+        loss = loss - rpo_alpha * pi_chosen / chosen_tokens
+    return loss
 
 
 def sequence_logps(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -754,11 +760,10 @@ class DirectPreference(FinetuneObjective):
         pi = sequence_logps(model, x, y)
         ref = self.ref_logps(x, y) if ref is None else ref
         d = self.cfg.training.dpo
-        losses = dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], d.beta, d.loss_type, d.label_smoothing)
-        # RPO's term: the chosen answer's negative log-likelihood per answer token (B,), Pang et al. 2024 eq. 1
-        nll = -pi[:B] / (y[:B] != -1).sum(-1).clamp_min(1)
-        if d.rpo_alpha:
-            losses = losses + d.rpo_alpha * nll
+        n_chosen = (y[:B] != -1).sum(-1).clamp_min(1)                    # (B,) answer tokens
+        losses = dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], d.beta, d.loss_type, d.label_smoothing, d.rpo_alpha,
+                          n_chosen)
+        nll = -pi[:B] / n_chosen                                          # RPO's term, logged whatever rpo_alpha
         chosen_r, rejected_r = d.beta * (pi[:B] - ref[:B]).detach(), d.beta * (pi[B:] - ref[B:]).detach()
         return {"losses": losses, "nll/chosen": nll.detach(), "rewards/chosen": chosen_r,
                 "rewards/rejected": rejected_r,
