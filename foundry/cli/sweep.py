@@ -25,6 +25,7 @@ import argparse
 import sys
 
 from foundry.config import ConfigError
+from foundry.sweep.plan import SEARCHES  # torch-free: --help stays fast
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,7 +81,7 @@ def _decision_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-effect", type=float, default=None, metavar="M",
                    help="the margin: smallest gain worth promoting, in the ranking metric's units (default: the "
                         "seed-to-seed SD on the screening seeds, pooled over the candidates)")
-    p.add_argument("--search", default="grid", choices=("grid", "tpe", "gp"),
+    p.add_argument("--search", default="grid", choices=SEARCHES,
                    help="grid: the variants as given (default); tpe: Optuna's TPE, gp: Gaussian-process "
                         "Bayesian optimisation (Optuna's GPSampler), over the numeric range given as two variants "
                         "LOW HIGH (lr, warmup, weight_decay, batch_size, ...)")
