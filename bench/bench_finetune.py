@@ -3,6 +3,7 @@
     python bench/bench_finetune.py quality dpo --steps 40      # LoRA DPO on HH-RLHF: held-out preference accuracy
     python bench/bench_finetune.py quality sft --steps 40      # LoRA SFT on GSM8K: held-out SFT loss
     python bench/bench_finetune.py report OUT/quality_dpo.json  # the DPO report of a stored run, recomputed
+    python bench/bench_finetune.py report A.json --against B.json  # run A's trained model vs run B's, pair by pair
     python bench/bench_finetune.py speed --rounds 3            # LoRA r=16 vs full finetuning: tokens/s, peak memory
     python bench/bench_finetune.py dpo-ref --rounds 3          # DPO reference: adapters disabled vs a frozen copy
 
@@ -231,7 +232,13 @@ def report(args) -> None:
     """The DPO preference report of a stored `quality dpo` result (its per-pair items), recomputed."""
     res = json.loads(Path(args.path).read_text())
     beta = res["config"]["training"]["dpo"]["beta"]
-    print(json.dumps(preference_report(res["items"]["before"], res["items"]["after"], beta), indent=2, default=str))
+    base = res["items"]["before"]
+    if args.against:  # the other run's trained model in the place of the starting model
+        other = json.loads(Path(args.against).read_text())
+        if {r["id"] for r in other["items"]["after"]} != {r["id"] for r in base}:
+            raise SystemExit(f"{args.against} was scored on other held-out pairs than {args.path}")
+        base = other["items"]["after"]
+    print(json.dumps(preference_report(base, res["items"]["after"], beta), indent=2, default=str))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,6 +308,9 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     rep = sub.add_parser("report", help="recompute the DPO preference report of a stored quality_dpo.json")
     rep.add_argument("path")
+    rep.add_argument("--against", default=None, metavar="OTHER",
+                     help="another run's quality_dpo.json on the same held-out pairs: compare this run's trained "
+                          "model with that one's, pair by pair, instead of with the starting model")
     for name in ("quality", "speed", "dpo-ref", "_measure"):
         s = sub.add_parser(name)
         if name == "quality":
