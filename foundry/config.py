@@ -386,8 +386,8 @@ class DPOConfig:
     """Direct preference optimisation (Rafailov et al. 2023) against a frozen reference. loss_type: `sigmoid`
     (DPO), `ipo` (Azar et al. 2023), `hinge` (SLiC, Zhao et al. 2023), `robust` (Chowdhury et al. 2024, with
     `label_smoothing` the assumed rate of flipped labels). `rpo_alpha` > 0 adds that weight times the chosen
-    answer's per-token negative log-likelihood to every pair's loss (RPO, Pang et al. 2024, eq. 1; TRL's
-    `rpo_alpha`): it keeps DPO from lowering log p(chosen) along with log p(rejected). reference: `adapters_off`
+    answer's per-token negative log-likelihood to every pair's loss (RPO, Pang et al. 2024, eq. 1; TRL 0.x's
+    `rpo_alpha`, TRL 1.x's loss_type [sigmoid, sft]): it keeps DPO from lowering log p(chosen) along with log p(rejected). reference: `adapters_off`
     (the same network with its LoRA adapters disabled: no second copy), `copy` (a frozen copy of the starting
     weights), `auto` (the first under LoRA, else the second)."""
     beta: float = 0.1

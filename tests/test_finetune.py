@@ -215,9 +215,6 @@ def test_dpo_evaluation_computes_the_held_out_reference_once(files):
     assert obj.evaluate(model, data, "cpu", nullcontext()) == again and again["val_margin"] != 0
 
 
-# --------------------------------------------------------------------------------------------------
-# Bad input, before any model is built
-
 def test_rpo_adds_alpha_times_the_chosen_answers_per_token_nll(files):
     """rpo_alpha: each pair's loss is its DPO loss plus alpha times the mean cross-entropy over the chosen answer's
     tokens, computed here from the logits by hand (Pang et al. 2024, eq. 1)."""
@@ -247,6 +244,9 @@ def test_rpo_adds_alpha_times_the_chosen_answers_per_token_nll(files):
     torch.testing.assert_close(st["nll/chosen"].double(), torch.tensor(nll, dtype=torch.float64), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(st["losses"].double(), (plain + 0.5 * torch.tensor(nll)).double(), rtol=1e-4, atol=1e-5)
 
+
+# --------------------------------------------------------------------------------------------------
+# Bad input, before any model is built
 # --------------------------------------------------------------------------------------------------
 def test_finetuning_without_a_trained_base_names_the_command(files, tmp_path):
     from foundry.config import ExperimentConfig

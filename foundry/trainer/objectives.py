@@ -570,6 +570,8 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     else:
         raise ValueError(f"training.dpo.loss_type {loss_type!r}: use sigmoid, ipo, hinge or robust")
     if rpo_alpha:
+        if chosen_tokens is None:
+            raise ValueError("dpo_loss: rpo_alpha > 0 needs chosen_tokens, the chosen answers' token counts (B,)")
         loss = loss - rpo_alpha * pi_chosen / chosen_tokens
     return loss
 
